@@ -1,0 +1,129 @@
+"""The `idle-reaper` command: status, reap and check-config. Only main() turns errors into exit codes."""
+
+import argparse
+import json
+import os
+import sys
+
+from reaper import __version__, config, defaults
+from reaper.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ReaperError
+
+DESCRIPTION = """\
+Power off this machine once nobody has had an SSH session on it for inactivity_duration.
+A PAM hook records SSH sessions; a systemd timer runs `idle-reaper reap`; `idle-reaper status` shows why."""
+
+EPILOG = """\
+exit status:
+  0  done
+  1  failed: the action failed, or something unexpected broke
+  2  bad command line
+  3  the config file is invalid or unsafe
+  4  skipped: the evidence was unclear (state unknown, lock busy, an unrecorded session); nothing ran
+
+examples:
+  idle-reaper status                 where things stand, and why
+  idle-reaper status --json          the same for a program (fields in idle-reaper(8))
+  idle-reaper check-config           validate /etc/idle-reaper/config.yaml
+  idle-reaper reap --dry-run         what the timer's tick would do now
+
+See idle-reaper(8)."""
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(
+        prog="idle-reaper",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"idle-reaper {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default: ${defaults.CONFIG_ENV} or {defaults.CONFIG_PATH})",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help=f"state directory (default: ${defaults.STATE_DIR_ENV} or {defaults.STATE_DIR})",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    status = sub.add_parser("status", help="show the policy, the state, the countdown and each session")
+    status.add_argument("--json", action="store_true", help="print JSON (a stable interface) instead of text")
+    reap = sub.add_parser("reap", help="one tick: decide, log any change, and run the action when due")
+    reap.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing, run nothing")
+    reap.add_argument(
+        "--wait",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="if the action falls due within SECONDS, wait for it and decide again (the timer uses this)",
+    )
+    reap.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    sub.add_parser("check-config", help="validate the config file; print each problem and exit 3 if any")
+    return parser
+
+
+def _paths(args):
+    from reaper.tick import Paths
+
+    return Paths(
+        config=config.default_path(args.config, os.environ),
+        state_dir=args.state_dir or os.environ.get(defaults.STATE_DIR_ENV) or defaults.STATE_DIR,
+    )
+
+
+def handle_status(args, paths):
+    from reaper import status
+
+    cfg = config.load(paths.config)
+    view = status.build(paths, cfg)
+    if args.json:
+        json.dump(view, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(status.render(view))
+    return EXIT_OK
+
+
+def handle_reap(args, paths):
+    from reaper import tick
+
+    return tick.reap(paths, dry_run=args.dry_run, wait=args.wait)
+
+
+def handle_check_config(args, paths):
+    cfg = config.load(paths.config)
+    kind = "dstack dev-environment, " if cfg.dstack else ""
+    print(f"{paths.config}: ok ({kind}inactivity_duration {cfg.inactivity_duration or 'off'})")
+    return EXIT_OK
+
+
+HANDLERS = {"status": handle_status, "reap": handle_reap, "check-config": handle_check_config}
+
+
+def main(argv=None):
+    from reaper import log
+
+    args = get_parser().parse_args(argv)
+    log.setup(verbose=getattr(args, "verbose", False), to_syslog=args.command == "reap")
+    paths = _paths(args)
+    try:
+        return HANDLERS[args.command](args, paths)
+    except config.ConfigError as e:
+        for line in str(e).splitlines():
+            log.logger.error(line)
+        return EXIT_CONFIG
+    except ReaperError as e:
+        log.logger.error(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line, not a traceback, for the journal
+        debug = os.environ.get("IDLE_REAPER_DEBUG") == "1"
+        log.logger.critical(f"unexpected error: {type(e).__name__}: {e}", exc_info=debug)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The decision: is the machine active, idle or unknown, and is it time to act? A pure function.
+
+Inputs are the config, the boot-relative clock, the state (leases and closed sessions of this boot), and the
+evidence from the live system. Nothing here reads a file or the clock.
+"""
+
+from dataclasses import dataclass, field
+
+from reaper import live, policy
+from reaper.durations import format_seconds
+from reaper.escape import escape
+
+ACTIVE = "active"
+IDLE = "idle"
+DISABLED = "disabled"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class SessionView:
+    user: str | None
+    service: str | None
+    rhost: str | None
+    tty: str | None
+    pid: int | None
+    opened_seconds_ago: float | None
+    counted: bool
+    reason: str | None
+    client: str | None = None
+    client_port: int | None = None
+    key: str | None = None
+    recorded: bool = True  # False: seen in the live system, missing from the state file
+    pending: bool = False  # not counted yet: it counts once it has been open for min_session
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: str
+    reason: str
+    idle_seconds: float
+    seconds_until_action: float | None
+    act: bool  # run the action now
+    idle_since: float | None = None  # CLOCK_BOOTTIME of the last counted activity (or boot)
+    last_activity: str | None = None  # what idle_since is
+    blocked: str | None = None  # why the action is not run although the time has come
+    blocked_kind: str | None = None  # "acted", "pending" (a young session) or "unchecked" (evidence unclear)
+    sessions: tuple = field(default_factory=tuple)
+    next_check: float | None = None  # seconds until the decision may change by itself
+
+
+def _view(record, now, counted, reason, recorded=True, pending=False):
+    opened = record.get("opened")
+    return SessionView(
+        user=record.get("user"),
+        service=record.get("service"),
+        rhost=record.get("rhost"),
+        tty=record.get("tty"),
+        pid=record.get("pid"),
+        opened_seconds_ago=None if opened is None else max(0.0, now - opened),
+        counted=counted,
+        reason=reason,
+        client=record.get("client"),
+        client_port=record.get("client_port"),
+        key=record.get("key"),
+        recorded=recorded,
+        pending=pending,
+    )
+
+
+def _who(view):
+    return f"{escape(view.user)} from {escape(view.client or view.rhost)} (pid {view.pid})"
+
+
+def decide(config, now, boot_started, state, evidence, state_problem=None):
+    """Given config, clock, this boot's state (or None if unusable) and live evidence, return the Decision.
+
+    `state_problem` says why the state is unusable; then the decision is unknown and nothing runs.
+    """
+    leases = state["leases"] if state else []
+    views = []
+    counted_live = []
+    pending = []  # live sessions that will count once they reach min_session
+    ended = list(state["closed"]) if state else []
+    for lease, is_live in zip(leases, evidence.live, strict=True):
+        if not is_live:
+            ended.append(dict(lease, closed=now))  # stale: it ends when first seen dead, which is now
+            continue
+        ignored = policy.ignore_reason(config, lease)
+        age = None if lease.get("opened") is None else now - lease["opened"]
+        short = policy.too_short(config, age)
+        view = _view(lease, now, not (ignored or short), ignored or short, pending=bool(short and not ignored))
+        views.append(view)
+        if view.counted:
+            counted_live.append(view)
+        elif not ignored:
+            pending.append((view, config.min_session - age))
+
+    unexplained = []
+    for session in evidence.sessions:
+        if live.explained_by(session, leases) is not None:
+            continue
+        record = {
+            "user": session.user,
+            "uid": session.uid,
+            "client": session.client,
+            "rhost": session.client,
+            "client_port": session.client_port,
+            "pid": session.pid,
+            "opened": None,
+        }
+        ignored = policy.ignore_reason(config, record)
+        view = _view(record, now, ignored is None, ignored or None, recorded=False)
+        views.append(view)
+        if ignored is None:
+            unexplained.append(view)
+
+    idle_since, last_activity = boot_started, "boot"
+    for record in ended:
+        if policy.ignore_reason(config, record) is not None:
+            continue
+        length = None if record.get("opened") is None else record["closed"] - record["opened"]
+        if policy.too_short(config, length) is None and record["closed"] > idle_since:
+            idle_since = record["closed"]
+            where = escape(record.get("client") or record.get("rhost"))
+            last_activity = f"session of {escape(record.get('user'))} from {where} ended"
+    if state and state.get("lost") is not None and state["lost"] > idle_since:
+        idle_since, last_activity = state["lost"], "state was lost and rebuilt"
+
+    common = {"sessions": tuple(views), "idle_since": idle_since, "last_activity": last_activity}
+    if config.inactivity_duration is None:
+        return Decision(DISABLED, "inactivity_duration is off", 0.0, None, False, **common)
+    if state_problem:
+        return Decision(UNKNOWN, state_problem, 0.0, None, False, **common)
+    if unexplained:
+        who = ", ".join(_who(v) for v in unexplained)
+        return Decision(
+            UNKNOWN,
+            f"SSH session not recorded by the hook (the hook failed or the state was lost): {who}",
+            0.0,
+            None,
+            False,
+            **common,
+        )
+    if counted_live:
+        who = ", ".join(_who(v) for v in counted_live)
+        return Decision(ACTIVE, f"{len(counted_live)} counted session(s): {who}", 0.0, None, False, **common)
+
+    idle = max(0.0, now - idle_since)
+    until = max(0.0, config.inactivity_duration - idle)
+    reason = f"idle since {last_activity}"
+    if until > 0:
+        return Decision(IDLE, reason, idle, until, False, next_check=until, **common)
+    blocked = kind = next_check = None
+    acted_for = (state or {}).get("reaper", {}).get("acted_for")
+    if acted_for is not None and acted_for == idle_since:
+        blocked, kind = "the action already ran for this idle period", "acted"
+    elif pending:
+        view, wait = min(pending, key=lambda p: p[1])
+        blocked, kind = f"waiting for the session of {_who(view)}: it counts once it reaches min_session", "pending"
+        next_check = max(0.0, wait)
+    elif not evidence.checked:
+        blocked, kind = f"cannot check the live system for SSH sessions: {evidence.why_unchecked}", "unchecked"
+    return Decision(
+        IDLE, reason, idle, 0.0, blocked is None, blocked=blocked, blocked_kind=kind, next_check=next_check, **common
+    )
+
+
+def summary(decision):
+    """Return one line for the log describing the decision."""
+    if decision.state == IDLE:
+        if decision.act:
+            return f"idle for {format_seconds(decision.idle_seconds)} ({decision.reason}): time to act"
+        if decision.blocked:
+            return f"idle for {format_seconds(decision.idle_seconds)}, not acting: {decision.blocked}"
+        return (
+            f"idle for {format_seconds(decision.idle_seconds)} ({decision.reason});"
+            f" acting in {format_seconds(decision.seconds_until_action)}"
+        )
+    return f"{decision.state}: {decision.reason}"
+
+
+def unclear(decision):
+    """True if the evidence was too unclear to act on: the state is unknown, or the live check couldn't run."""
+    return decision.state == UNKNOWN or decision.blocked_kind == "unchecked"
+
+
+def change_key(decision):
+    """Return what identifies a change of decision worth logging (not the ticking seconds)."""
+    reason = decision.reason if decision.state != IDLE else ""
+    return f"{decision.state}|{decision.act}|{decision.blocked}|{decision.idle_since}|{reason}"

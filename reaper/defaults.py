@@ -1,0 +1,22 @@
+"""Every path and tunable the program uses, in one place, so tests can point it all at a temp dir."""
+
+CONFIG_PATH = "/etc/idle-reaper/config.yaml"
+CONFIG_ENV = "IDLE_REAPER_CONFIG"
+
+STATE_DIR = "/run/idle-reaper"
+STATE_DIR_ENV = "IDLE_REAPER_STATE_DIR"
+STATE_FILE = "state.json"
+LOCK_FILE = "state.lock"
+
+DIR_MODE = 0o755
+STATE_MODE = 0o644
+LOCK_MODE = 0o600
+
+# The hook is on the login path: it gives up on the lock after this long and lets the login go on.
+HOOK_LOCK_TIMEOUT = 1.0
+# The reaper can wait a little longer, then it skips the tick.
+REAPER_LOCK_TIMEOUT = 2.0
+
+SYSLOG_IDENT = "idle-reaper"
+
+PROC = "/proc"

@@ -1,0 +1,321 @@
+"""The state file: one JSON document of leases (open sessions) and closed sessions, written atomically.
+
+Writers hold an exclusive flock on the lock file; readers never lock, because every write is a temp file in
+the same directory, fsynced, then renamed over the old one. The PAM hook imports this on the login path,
+so it uses only os, fcntl, time and the `_json`-based codec.
+
+Layout (format 1):
+    {"format": 1, "boot": "<boot id>/<pid 1 start>",
+     "leases": [lease, ...],           # sessions opened and not yet closed
+     "closed": [lease + {"closed": t, "end": "hook"|"stale"}, ...],
+     "lost": t or null,                # when earlier state was found unreadable and set aside
+     "reaper": {...}}                  # the reaper's memory between ticks
+"""
+
+import fcntl
+import os
+import time
+
+from reaper import defaults, statejson
+
+FORMAT = 1
+# A client can put anything into PAM_RHOST, PAM_USER or SSH_CONNECTION; nothing longer than this is stored.
+MAX_FIELD = 1024
+# At most this many unreadable state files are kept aside; /run is memory.
+KEEP_BAD = 5
+
+
+class StateError(Exception):
+    """The state file exists but can't be used: unreadable, corrupt, of another format, or unsafe."""
+
+
+class LockTimeout(Exception):
+    """Another process held the lock for longer than we may wait."""
+
+
+def state_path(state_dir):
+    return os.path.join(state_dir, defaults.STATE_FILE)
+
+
+def lock_path(state_dir):
+    return os.path.join(state_dir, defaults.LOCK_FILE)
+
+
+def empty_state(boot):
+    return {"format": FORMAT, "boot": boot, "leases": [], "closed": [], "lost": None, "reaper": {}}
+
+
+def clip(value):
+    """Return a string field cut to MAX_FIELD characters, or None."""
+    if value is None:
+        return None
+    return value[:MAX_FIELD]
+
+
+# --- reading --------------------------------------------------------------------------------------------
+
+
+def _check_shape(state):
+    if not isinstance(state, dict):
+        raise StateError("the top level is not a JSON object")
+    if state.get("format") != FORMAT:
+        raise StateError(f"format {state.get('format')!r} is not the supported format {FORMAT}")
+    if not isinstance(state.get("boot"), str):
+        raise StateError("'boot' is missing or not a string")
+    for key in ("leases", "closed"):
+        records = state.get(key)
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise StateError(f"'{key}' is not a list of objects")
+        for r in records:
+            if not isinstance(r.get("opened"), (int, float, type(None))) or not isinstance(
+                r.get("pid"), (int, type(None))
+            ):
+                raise StateError(f"a record in '{key}' has a bad 'opened' or 'pid'")
+            if key == "closed" and not isinstance(r.get("closed"), (int, float)):
+                raise StateError("a record in 'closed' has no 'closed' time")
+    if not isinstance(state.get("lost"), (int, float, type(None))):
+        raise StateError("'lost' is not a number")
+    if not isinstance(state.get("reaper", {}), dict):
+        raise StateError("'reaper' is not an object")
+    state.setdefault("reaper", {})
+    return state
+
+
+def read_state(state_dir):
+    """Given the state dir, return the state, or None if there is no state file (normal after boot).
+
+    Never locks. Raise StateError if the file is there but unusable.
+    """
+    path = state_path(state_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StateError(f"{path}: cannot open: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not _is_regular(st.st_mode):
+            raise StateError(f"{path}: not a regular file")
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except OSError as e:
+        raise StateError(f"{path}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        text = b"".join(chunks).decode("ascii")
+        return _check_shape(statejson.loads(text))
+    except (UnicodeDecodeError, statejson.DecodeError) as e:
+        raise StateError(f"{path}: not valid JSON: {e}") from None
+    except StateError as e:
+        raise StateError(f"{path}: {e}") from None
+
+
+def _is_regular(mode):
+    return (mode & 0o170000) == 0o100000
+
+
+# --- the directory, the lock, atomic writes -------------------------------------------------------------
+
+
+def ensure_dir(state_dir):
+    """Create the state dir if missing, and refuse one that others could write to or swap."""
+    try:
+        os.mkdir(state_dir, defaults.DIR_MODE)
+    except FileExistsError:
+        pass
+    st = os.lstat(state_dir)
+    if (st.st_mode & 0o170000) != 0o040000:
+        raise StateError(f"{state_dir}: not a directory")
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise StateError(f"{state_dir}: unsafe: must be owned by uid {os.geteuid()} and not writable by others")
+    if st.st_mode & 0o777 != defaults.DIR_MODE:
+        os.chmod(state_dir, defaults.DIR_MODE)
+
+
+def open_lock_file(state_dir):
+    """Open (creating if needed) the lock file with mode 0600 and return its fd."""
+    fd = os.open(lock_path(state_dir), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, defaults.LOCK_MODE)
+    try:
+        st = os.fstat(fd)
+        if not _is_regular(st.st_mode):
+            raise StateError(f"{lock_path(state_dir)}: not a regular file")
+        if st.st_mode & 0o777 != defaults.LOCK_MODE:
+            os.fchmod(fd, defaults.LOCK_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class FlockLock:
+    """A plain flock on the lock file: the same lock filelock takes, without importing filelock.
+
+    The hook uses it on the login path; the reaper takes the same lock through filelock.
+    """
+
+    def __init__(self, state_dir, timeout):
+        self.state_dir = state_dir
+        self.timeout = timeout
+        self.fd = None
+
+    def __enter__(self):
+        fd = open_lock_file(self.state_dir)
+        deadline = time.monotonic() + self.timeout
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LockTimeout(f"{lock_path(self.state_dir)} is held by another process") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+
+def write_state(state_dir, state):
+    """Replace the state file atomically: temp file, fsync, rename. The caller holds the lock."""
+    data = statejson.dumps(state).encode("ascii")
+    final = state_path(state_dir)
+    tmp = f"{final}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, defaults.STATE_MODE)
+    try:
+        os.fchmod(fd, defaults.STATE_MODE)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, final)
+
+
+def remove_stale_temps(state_dir):
+    """Delete temp files left by writers killed mid-write. The caller holds the lock, so none is in use."""
+    prefix = defaults.STATE_FILE + "."
+    for name in os.listdir(state_dir):
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(state_dir, name))
+            except FileNotFoundError:
+                pass
+
+
+def set_aside(state_dir, why_time):
+    """Rename an unusable state file out of the way (kept for a person to look at) and return its new name.
+
+    Only the newest KEEP_BAD such files are kept. The caller holds the lock.
+    """
+    final = state_path(state_dir)
+    bad = f"{final}.bad-{int(why_time)}"
+    os.rename(final, bad)
+    prefix = defaults.STATE_FILE + ".bad-"
+    kept = sorted(
+        (n for n in os.listdir(state_dir) if n.startswith(prefix)),
+        key=lambda n: os.lstat(os.path.join(state_dir, n)).st_mtime,
+    )
+    for name in kept[:-KEEP_BAD]:
+        path = os.path.join(state_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            continue
+        os.unlink(path)
+    return bad
+
+
+# --- changes writers make -------------------------------------------------------------------------------
+
+
+def current(state, boot):
+    """Return the state with anything from another boot dropped; a missing state becomes an empty one."""
+    if state is None or state["boot"] != boot:
+        return empty_state(boot)
+    state["leases"] = [lease for lease in state["leases"] if lease.get("boot") == boot]
+    state["closed"] = [rec for rec in state["closed"] if rec.get("boot") == boot]
+    return state
+
+
+def same_session(a, b):
+    """True if two records name the same PAM session: same monitor process, service, user and connection."""
+    return (
+        a.get("pid") == b.get("pid")
+        and a.get("pid_start") == b.get("pid_start")
+        and a.get("service") == b.get("service")
+        and a.get("user") == b.get("user")
+        and a.get("conn") == b.get("conn")
+    )
+
+
+def add_lease(state, lease):
+    state["leases"].append(lease)
+
+
+def close_lease(state, probe, when, end):
+    """Move the lease matching `probe` to the closed records; return True if one was found.
+
+    A close with no matching open (its open hook failed, or the state was lost) is still recorded, with an
+    unknown open time, because the session it ends was real.
+    """
+    for i, lease in enumerate(state["leases"]):
+        if same_session(lease, probe):
+            record = state["leases"].pop(i)
+            found = True
+            break
+    else:
+        record = dict(probe, opened=None)
+        found = False
+    record["closed"] = when
+    record["end"] = end
+    state["closed"].append(record)
+    fold_closed(state)
+    return found
+
+
+def _duration(record):
+    if record.get("opened") is None:
+        return float("inf")
+    return record["closed"] - record["opened"]
+
+
+def _counting_class(record):
+    """Everything the policy may judge a closed session by, except its length."""
+    return tuple(record.get(k) for k in ("service", "user", "uid", "client", "rhost", "key"))
+
+
+def fold_closed(state):
+    """Drop closed records that can never be the latest counted activity, whatever the policy.
+
+    The policy judges a closed session by its class (service, user, client, key) and its length, against
+    min_session. Within a class, a record that ended no later and lasted no longer than another counts only
+    when that other one counts too, and is never later, so it can go. What is left per class is the
+    Pareto front of (end, length): short in practice, and the latest counted activity is always in it.
+    """
+    by_class = {}
+    for record in state["closed"]:
+        by_class.setdefault(_counting_class(record), []).append(record)
+    kept = []
+    for records in by_class.values():
+        records.sort(key=lambda r: (r["closed"], _duration(r)), reverse=True)
+        longest = -1.0
+        for record in records:  # newest first: keep each one that lasted longer than everything newer
+            if _duration(record) > longest:
+                kept.append(record)
+                longest = _duration(record)
+    kept.sort(key=lambda r: r["closed"])
+    state["closed"] = kept

@@ -1,0 +1,128 @@
+"""Evidence from the live system: which leases are still live, and which SSH sessions exist right now.
+
+A lease is live while its sshd monitor runs with the same start time (a reused pid has another), or while its
+TCP connection is still ESTABLISHED (a SIGKILLed monitor leaves the connection running).
+
+Separately, and independently of the state file, the SSH sessions that exist right now are found from the
+kernel: ESTABLISHED connections to a port an sshd process listens on. A connection is a session unless one of
+the sshd processes holding it runs as the privilege-separation user, which means it has not logged in yet.
+The reaper refuses to act while such a session is not explained by a lease.
+"""
+
+import pwd
+from dataclasses import dataclass, field
+
+from reaper import clock, defaults, system
+
+
+@dataclass(frozen=True)
+class LiveSession:
+    """An authenticated SSH connection seen in the kernel, and the sshd processes serving it."""
+
+    client: str
+    client_port: int
+    server: str
+    server_port: int
+    uid: int
+    user: str | None
+    pid: int  # the oldest sshd process holding the connection: the per-connection monitor
+    pid_start: int
+
+    @property
+    def tuple(self):
+        return (self.client, self.client_port, self.server, self.server_port)
+
+
+@dataclass
+class Evidence:
+    established: set
+    live: list  # one bool per lease of the state, in order
+    sessions: list = field(default_factory=list)  # LiveSession
+    checked: bool = False  # True if the live sessions could be read completely
+    why_unchecked: str | None = None
+
+
+def lease_tuple(lease):
+    """Return the lease's (client, client_port, server, server_port), normalized, or None."""
+    if lease.get("client") is None or lease.get("server") is None:
+        return None
+    return (
+        system.normalize_ip(lease["client"]),
+        lease.get("client_port"),
+        system.normalize_ip(lease["server"]),
+        lease.get("server_port"),
+    )
+
+
+def lease_live(lease, established, proc=defaults.PROC):
+    """True if the lease's monitor process is the same process still, or its connection is ESTABLISHED."""
+    pid, start = lease.get("pid"), lease.get("pid_start")
+    if pid and start is not None and clock.process_start_ticks(pid, proc) == start:
+        return True
+    return lease_tuple(lease) in established
+
+
+def _user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _privsep_uid(name="sshd"):
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def ssh_sessions(sockets, processes, inodes_of, privsep_uid):
+    """Given sockets, sshd processes and a pid -> socket inodes reader, return the live SSH sessions.
+
+    Pure but for `inodes_of`, which may raise PermissionError.
+    """
+    holders = {}
+    for p in processes:
+        for inode in inodes_of(p.pid):
+            holders.setdefault(inode, []).append(p)
+    ports = {s.local_port for s in sockets if s.state == system.TCP_LISTEN and s.inode in holders}
+    out = []
+    for s in sockets:
+        if s.state != system.TCP_ESTABLISHED or s.local_port not in ports:
+            continue
+        procs = holders.get(s.inode, [])
+        if not procs:
+            continue  # a connection to the port, but not one sshd serves (an outgoing ssh from here, say)
+        if privsep_uid is not None and any(p.uid == privsep_uid for p in procs):
+            continue  # still authenticating
+        monitor = min(procs, key=lambda p: (p.start, p.pid))
+        uid = next((p.uid for p in procs if p.uid != 0), 0)  # the session child runs as the user
+        name = _user_name(uid)
+        out.append(LiveSession(s.remote, s.remote_port, s.local, s.local_port, uid, name, monitor.pid, monitor.start))
+    return out
+
+
+def gather(leases, proc=defaults.PROC):
+    """Given the leases, return the Evidence from the live system."""
+    sockets = system.tcp_sockets(proc)
+    established = system.established_tuples(sockets)
+    evidence = Evidence(established, [lease_live(lease, established, proc) for lease in leases])
+    try:
+        processes = system.sshd_processes(proc)
+        evidence.sessions = ssh_sessions(
+            sockets, processes, lambda pid: system.socket_inodes(pid, proc), _privsep_uid()
+        )
+        evidence.checked = True
+    except PermissionError:
+        evidence.why_unchecked = "reading sshd's processes and sockets needs root (CAP_SYS_PTRACE)"
+    return evidence
+
+
+def explained_by(session, leases):
+    """Return the lease that records this live session, or None."""
+    for lease in leases:
+        if lease_tuple(lease) == session.tuple:
+            return lease
+        if lease.get("pid") == session.pid and lease.get("pid_start") == session.pid_start:
+            return lease
+    return None

@@ -1,0 +1,151 @@
+"""`idle-reaper status`: where things stand and why, as text for a person or JSON for a control plane.
+
+It only reads (the state file is world-readable), so it works for any user. The JSON fields `state`,
+`inactivity_duration`, `idle_seconds`, `seconds_until_action` and `sessions` are a stable interface.
+"""
+
+import math
+import time
+from datetime import UTC, datetime
+
+from reaper import __version__, clock, decision, leases
+from reaper.durations import format_seconds
+from reaper.escape import escape
+from reaper.tick import observe
+
+
+def _wall(boottime, now_boot, now_wall):
+    """Given a CLOCK_BOOTTIME instant, return it as an aware local datetime (for display only)."""
+    if boottime is None:
+        return None
+    return datetime.fromtimestamp(now_wall - (now_boot - boottime), tz=UTC).astimezone()
+
+
+def _iso(dt):
+    return None if dt is None else dt.isoformat(timespec="seconds")
+
+
+def _session_json(view):
+    return {
+        "user": view.user,
+        "service": view.service,
+        "rhost": view.rhost,
+        "tty": view.tty,
+        "pid": view.pid,
+        "opened_seconds_ago": None if view.opened_seconds_ago is None else int(view.opened_seconds_ago),
+        "counted": view.counted,
+        "reason": view.reason,
+        "client": view.client,
+        "client_port": view.client_port,
+        "key": view.key,
+        "recorded": view.recorded,
+        "pending": view.pending,
+    }
+
+
+def build(paths, cfg):
+    """Return the status as a JSON-ready dict."""
+    seen = observe(paths, cfg)
+    d = seen.decision
+    now_boot, now_wall = clock.now(), time.time()
+    until = d.seconds_until_action
+    memory = (seen.state or {}).get("reaper", {})
+    if seen.problem:
+        file_status = "unusable"
+    elif seen.file_missing:
+        file_status = "missing"
+    else:
+        file_status = "ok"
+    return {
+        "version": __version__,
+        "state": d.state,
+        "reason": d.reason,
+        "inactivity_duration": cfg.inactivity_duration,
+        "idle_seconds": int(d.idle_seconds),
+        "seconds_until_action": None if until is None else int(math.ceil(until)),
+        "action_at": _iso(_wall(now_boot + until, now_boot, now_wall)) if until is not None else None,
+        "idle_since": _iso(_wall(d.idle_since, now_boot, now_wall)) if d.state == decision.IDLE else None,
+        "last_activity": d.last_activity,
+        "blocked": d.blocked,
+        "sessions": [_session_json(v) for v in d.sessions],
+        "inhibitors": [],
+        "policy": {
+            "inactivity_duration": cfg.inactivity_duration,
+            "min_session": cfg.min_session,
+            "services": list(cfg.services),
+            "ignore": {
+                "users": sorted(cfg.ignore_users),
+                "networks": [str(n) for n in cfg.ignore_networks],
+                "keys": sorted(cfg.ignore_keys),
+            },
+            "action": cfg.action_name or list(cfg.action),
+            "config": cfg.path,
+            "dstack": cfg.dstack,
+        },
+        "state_file": {
+            "path": leases.state_path(paths.state_dir),
+            "status": file_status,
+            "problem": seen.problem,
+            "lost_at": _iso(_wall((seen.state or {}).get("lost"), now_boot, now_wall)),
+        },
+        "live_check": {"complete": seen.evidence.checked, "note": seen.evidence.why_unchecked},
+        "last_tick": _iso(_wall(memory.get("tick"), now_boot, now_wall)),
+        "action_ran_at": _iso(_wall(memory.get("acted_at"), now_boot, now_wall)),
+        "booted": _iso(_wall(clock.boot_started(paths.proc), now_boot, now_wall)),
+        "now": _iso(_wall(now_boot, now_boot, now_wall)),
+    }
+
+
+def _clock(iso):
+    return datetime.fromisoformat(iso).strftime("%H:%M:%S %Z (%Y-%m-%d)") if iso else "-"
+
+
+def render(status):
+    """Given the status dict, return the text view: the state first, then why, then the sessions."""
+    s = status
+    state = s["state"]
+    lines = []
+    if state == decision.IDLE and s["seconds_until_action"]:
+        headline = f"idle: acts in {format_seconds(s['seconds_until_action'])}, at {_clock(s['action_at'])}"
+    elif state == decision.IDLE and s["blocked"]:
+        headline = f"idle, deadline passed, not acting: {s['blocked']}"
+    elif state == decision.IDLE:
+        headline = "idle: acting now"
+    else:
+        headline = f"{state}: {s['reason']}"
+    lines.append(f"State:     {headline}")
+    if state == decision.IDLE:
+        since = f"since {s['last_activity']} at {_clock(s['idle_since'])}"
+        lines.append(f"Idle for:  {format_seconds(s['idle_seconds'])}, {since}")
+    p = s["policy"]
+    action = p["action"] if isinstance(p["action"], str) else " ".join(escape(a) for a in p["action"])
+    min_session = format_seconds(p["min_session"]) if p["min_session"] else "off"
+    lines.append(
+        f"Policy:    inactivity_duration {format_seconds(p['inactivity_duration'])}, min_session {min_session},"
+        f" services {', '.join(map(escape, p['services']))}, action {action}"
+    )
+    ignore = p["ignore"]
+    lines.append("Ignoring:  " + "; ".join(f"{k} {', '.join(map(escape, v)) if v else '-'}" for k, v in ignore.items()))
+    lines.append(f"Config:    {escape(p['config'])}{' (dstack dev-environment)' if p['dstack'] else ''}")
+    sf = s["state_file"]
+    note = f" ({escape(sf['problem'])})" if sf["problem"] else ""
+    lost = f"; history lost and rebuilt at {_clock(sf['lost_at'])}" if sf["lost_at"] else ""
+    lines.append(f"State file: {escape(sf['path'])}: {sf['status']}{note}{lost}")
+    if not s["live_check"]["complete"]:
+        lines.append(f"Live check: partial: {s['live_check']['note']}")
+    ran = f"; action ran at {_clock(s['action_ran_at'])}" if s["action_ran_at"] else ""
+    lines.append(f"Last tick: {_clock(s['last_tick'])}{ran}")
+    sessions = s["sessions"]
+    lines.append(f"Sessions:  {len(sessions)} open" + (":" if sessions else ""))
+    for v in sessions:
+        mark = "counted" if v["counted"] else "pending" if v["pending"] else "ignored"
+        if not v["recorded"]:
+            mark += " (not recorded by the hook)"
+        opened = "-" if v["opened_seconds_ago"] is None else format_seconds(v["opened_seconds_ago"])
+        where = v["client"] or v["rhost"]
+        lines.append(
+            f"  {mark:8} {escape(v['user'], 32):12} {escape(v['service'], 16):8} {escape(where, 46):15}"
+            f" {escape(v['tty'], 16):5} pid {v['pid']}  open {opened}" + (f"  - {v['reason']}" if v["reason"] else "")
+        )
+    lines.append("Inhibitors: none")
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""Read the live system from /proc: TCP connections, sshd processes and the sockets they hold.
+
+Pure readers, no decisions. Anything we are not allowed to read (another user's process as non-root, or
+sshd's non-dumpable processes without CAP_SYS_PTRACE) is reported as unreadable, never as absent.
+"""
+
+import ipaddress
+import os
+from dataclasses import dataclass
+
+from reaper import defaults
+
+SSHD_NAMES = frozenset({"sshd", "sshd-session", "sshd-auth"})
+TCP_ESTABLISHED = "01"
+TCP_LISTEN = "0A"
+
+
+@dataclass(frozen=True)
+class Socket:
+    local: str
+    local_port: int
+    remote: str
+    remote_port: int
+    state: str
+    inode: int
+
+    @property
+    def tuple(self):
+        return (self.remote, self.remote_port, self.local, self.local_port)
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    ppid: int
+    uid: int
+    start: int  # clock ticks since kernel boot
+    exe: str
+
+
+def normalize_ip(text):
+    """Given an address as sshd or /proc writes it, return one canonical text (IPv4-mapped IPv6 as IPv4)."""
+    try:
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
+    except (ValueError, AttributeError):
+        return text
+    if addr.version == 6 and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return addr.compressed
+
+
+def _hex_ip(text):
+    raw = bytes.fromhex(text)
+    # /proc/net/tcp* prints each 32-bit word in host (little-endian) order.
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return normalize_ip(str(ipaddress.ip_address(raw)))
+
+
+def tcp_sockets(proc=defaults.PROC):
+    """Return every IPv4 and IPv6 TCP socket of this network namespace."""
+    out = []
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"{proc}/net/{name}") as f:
+                lines = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10:
+                continue
+            local, lport = fields[1].split(":")
+            remote, rport = fields[2].split(":")
+            out.append(
+                Socket(_hex_ip(local), int(lport, 16), _hex_ip(remote), int(rport, 16), fields[3], int(fields[9]))
+            )
+    return out
+
+
+def established_tuples(sockets):
+    """Return {(client, client_port, server, server_port)} of the ESTABLISHED sockets."""
+    return {s.tuple for s in sockets if s.state == TCP_ESTABLISHED}
+
+
+def _read_process(pid, proc):
+    try:
+        exe = os.readlink(f"{proc}/{pid}/exe")
+    except FileNotFoundError:
+        return None  # gone, or a kernel thread
+    except PermissionError:
+        # Not ours to inspect. Its name (set from the executable at exec) tells whether that matters.
+        try:
+            with open(f"{proc}/{pid}/comm") as f:
+                comm = f.read().strip()
+        except FileNotFoundError:
+            return None
+        if comm in SSHD_NAMES:
+            raise
+        return None
+    exe = exe.removesuffix(" (deleted)")  # sshd keeps running across a package upgrade
+    if os.path.basename(exe) not in SSHD_NAMES:
+        return None
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open(f"{proc}/{pid}/status") as f:
+            uid_line = next(line for line in f if line.startswith("Uid:"))
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return Process(pid, int(fields[1]), int(uid_line.split()[2]), int(fields[19]), exe)
+
+
+def sshd_processes(proc=defaults.PROC):
+    """Return the sshd processes, found by executable (not title: a root login has no "[priv]" process).
+
+    Raise PermissionError if some process's executable can't be read (not root).
+    """
+    out = []
+    for entry in os.listdir(proc):
+        if entry.isdigit():
+            found = _read_process(int(entry), proc)
+            if found:
+                out.append(found)
+    return out
+
+
+def socket_inodes(pid, proc=defaults.PROC):
+    """Return the inodes of the sockets a process holds. Raise PermissionError if we may not look."""
+    inodes = set()
+    try:
+        names = os.listdir(f"{proc}/{pid}/fd")
+    except FileNotFoundError:
+        return inodes
+    for name in names:
+        try:
+            target = os.readlink(f"{proc}/{pid}/fd/{name}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes

@@ -1,0 +1,192 @@
+"""`idle-reaper reap`: one tick of the reaper, which the systemd timer runs.
+
+A tick reads the config afresh, takes the state lock (filelock, the same flock the hook takes), ends leases
+whose session is gone, records live SSH sessions the hook missed, decides, logs any change of decision, and
+runs the action once when it is due. With `--wait`, a tick that finds the action due within that many
+seconds sleeps until then and decides again, so the action lands on the deadline without a timer that fires
+every second.
+"""
+
+import os
+import time
+from dataclasses import dataclass
+
+from reaper import actions, clock, config, decision, defaults, leases, live
+from reaper.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, ReaperError
+from reaper.log import logger
+
+# After the deadline, sleep this much longer so a check right at the boundary doesn't see 0.0001 s left.
+WAKE_SLACK = 0.05
+
+
+@dataclass(frozen=True)
+class Paths:
+    config: str
+    state_dir: str
+    proc: str = defaults.PROC
+
+
+def _lock_holder(lock_file, proc):
+    """Return the pid holding a flock on the lock file, from /proc/locks, or None."""
+    try:
+        st = os.stat(lock_file)
+        with open(f"{proc}/locks") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{st.st_ino}"):
+                    return int(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class _StateLock:
+    """The reaper's lock: filelock on the lock file, which is created first with mode 0600."""
+
+    def __init__(self, state_dir, proc):
+        import filelock
+
+        self.state_dir = state_dir
+        self.proc = proc
+        os.close(leases.open_lock_file(state_dir))
+        self.lock = filelock.FileLock(leases.lock_path(state_dir), timeout=defaults.REAPER_LOCK_TIMEOUT)
+        self.timeout_error = filelock.Timeout
+
+    def __enter__(self):
+        try:
+            self.lock.acquire()
+        except self.timeout_error:
+            holder = _lock_holder(leases.lock_path(self.state_dir), self.proc)
+            who = f" (held by pid {holder})" if holder else ""
+            raise ReaperError(
+                f"skipping this tick: the state lock was busy for {defaults.REAPER_LOCK_TIMEOUT:g}s{who}",
+                EXIT_SKIPPED,
+            ) from None
+        os.chmod(leases.lock_path(self.state_dir), defaults.LOCK_MODE)  # filelock versions differ in the mode
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+def _adopt(state, evidence, boot):
+    """Record live SSH sessions the state doesn't explain, so their end is noticed. Return True if any."""
+    added = False
+    for session in evidence.sessions:
+        if live.explained_by(session, state["leases"]) is None:
+            state["leases"].append(
+                {
+                    "user": session.user, "uid": session.uid, "service": None, "rhost": session.client,
+                    "tty": None, "conn": None, "client": session.client, "client_port": session.client_port,
+                    "server": session.server, "server_port": session.server_port, "key": None,
+                    "pid": session.pid, "pid_start": session.pid_start,
+                    "opened": session.pid_start / clock.CLK_TCK, "boot": boot, "source": "live",
+                }
+            )  # fmt: skip
+            added = True
+    return added
+
+
+def _end_stale(state, evidence, now):
+    """Close leases whose session is gone, as of now (when they were first seen dead). Return True if any."""
+    stale = [lease for lease, is_live in zip(state["leases"], evidence.live, strict=True) if not is_live]
+    for lease in stale:
+        leases.close_lease(state, lease, now, "stale")
+    return bool(stale)
+
+
+@dataclass(frozen=True)
+class Observation:
+    decision: object
+    state: dict | None  # this boot's state, None if unusable
+    problem: str | None  # why the state is unusable
+    evidence: object
+    file_missing: bool
+
+
+def observe(paths, cfg):
+    """Read the state without locking, look at the live system, and decide. Changes nothing."""
+    now = clock.now()
+    boot = clock.boot_key(paths.proc)
+    try:
+        raw, problem = leases.read_state(paths.state_dir), None
+        state = leases.current(raw, boot)
+    except leases.StateError as e:
+        raw, state, problem = None, None, f"state file unusable: {e}"
+    evidence = live.gather(state["leases"] if state else [], paths.proc)
+    result = decision.decide(cfg, now, clock.boot_started(paths.proc), state, evidence, problem)
+    return Observation(result, state, problem, evidence, raw is None and problem is None)
+
+
+def evaluate(paths, cfg):
+    """Hold the lock, read the state and the live system, decide, and write back what the tick learned:
+    stale leases ended, missed sessions recorded, a change of decision logged. Return the Decision.
+    """
+    now = clock.now()
+    boot = clock.boot_key(paths.proc)
+    started = clock.boot_started(paths.proc)
+    leases.ensure_dir(paths.state_dir)
+    with _StateLock(paths.state_dir, paths.proc):
+        problem = None
+        try:
+            raw = leases.read_state(paths.state_dir)
+        except leases.StateError as e:
+            bad = leases.set_aside(paths.state_dir, time.time())
+            problem = f"state file unusable ({e}); kept as {bad}, rebuilt from the live system"
+            logger.error(problem)
+            raw = None
+        state = leases.current(raw, boot)
+        if problem:
+            state["lost"] = now
+        leases.remove_stale_temps(paths.state_dir)
+        evidence = live.gather(state["leases"], paths.proc)
+        result = decision.decide(cfg, now, started, state, evidence, problem)
+        changed = _end_stale(state, evidence, now)
+        changed |= _adopt(state, evidence, boot)
+        memory = state["reaper"]
+        key = decision.change_key(result)
+        if memory.get("last") != key:
+            level = logger.warning if result.state == decision.UNKNOWN or result.blocked else logger.info
+            level(decision.summary(result))
+            memory["last"], memory["since"] = key, now
+            changed = True
+        memory["tick"] = now
+        if changed or problem or raw is None:
+            leases.write_state(paths.state_dir, state)
+    return result
+
+
+def _record_action(paths, idle_since, when):
+    with _StateLock(paths.state_dir, paths.proc):
+        state = leases.current(leases.read_state(paths.state_dir), clock.boot_key(paths.proc))
+        state["reaper"]["acted_for"] = idle_since
+        state["reaper"]["acted_at"] = when
+        leases.write_state(paths.state_dir, state)
+
+
+def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):
+    """Run one tick (more with `wait`). Return the exit code. Raise ReaperError or ConfigError on failure."""
+    give_up = time.monotonic() + max(0.0, wait)
+    while True:
+        cfg = config.load(paths.config)
+        result = observe(paths, cfg).decision if dry_run else evaluate(paths, cfg)
+        if result.act:
+            if dry_run:
+                logger.info(f"dry run: would run {list(cfg.action)} now ({decision.summary(result)})")
+                return EXIT_OK
+            logger.warning(f"running the action {list(cfg.action)}: {decision.summary(result)}")
+            try:
+                output = actions.run(cfg.action)
+            except ReaperError as e:
+                logger.error(f"{e}; the next tick tries again")
+                raise ReaperError(str(e), EXIT_FAILED) from None
+            logger.info(f"the action finished{': ' + output if output else ''}")
+            _record_action(paths, result.idle_since, clock.now())
+            return EXIT_OK
+        if dry_run:
+            logger.info(f"dry run: {decision.summary(result)}")
+        if decision.unclear(result):
+            return EXIT_SKIPPED
+        if result.next_check is None or time.monotonic() + result.next_check > give_up:
+            return EXIT_OK
+        sleep(result.next_check + WAKE_SLACK)
