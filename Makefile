@@ -1,0 +1,66 @@
+# The README's two commands: `make demo` and `make test`. Both install what they need on a fresh Debian 12.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+# Debian's own python3: the hook and the package run on it, and pyenv's python3 breaks pybuild.
+PYTHON := /usr/bin/python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+# Everything the tests, the demo and the package build use, from Debian.
+APT_PACKAGES := python3 python3-venv python3-yaml python3-filelock python3-humanfriendly \
+	openssh-server openssh-client pamtester iproute2 procps util-linux passwd \
+	debootstrap systemd-container systemd \
+	debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject dpkg-dev fakeroot lintian \
+	hyperfine
+
+.PHONY: help deps venv lint test test-unit test-integration deb demo bench clean
+
+help:
+	@echo "make demo   boot a throwaway Debian with the package, connect, disconnect, watch it power off"
+	@echo "make test   install what the tests need, lint, run every test tier"
+	@echo "make deb    build the Debian package into dist/"
+	@echo "make bench  measure login overhead, tick cost and deadline precision (see BENCHMARKS.md)"
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		[ "$$(id -u)" = 0 ] || { echo "installing Debian packages needs root"; exit 1; }; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.stamp: setup.cfg pyproject.toml | deps
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.stamp
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: deps venv lint
+	$(VPY) -m pytest tests
+
+test-unit: venv
+	$(VPY) -m pytest tests/unit
+
+test-integration: deps venv
+	$(VPY) -m pytest tests/integration
+
+deb: deps
+	packaging/build-deb dist
+
+demo: deps venv deb
+	$(VPY) -m tests.system.demo
+
+bench: deps venv deb
+	$(VPY) -m bench
+
+clean:
+	rm -rf build dist .pytest_cache .ruff_cache

@@ -1,0 +1,17 @@
+"""Shared fixtures. Tests that need root (sshd, users, PAM, nspawn) fail with a clear message without it."""
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+HOOK = REPO / "hooks" / "pam-session"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture
+def require_root():
+    """Fail (never skip) when not root: these tests prove real parts work, and a skip would hide that."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (it runs a real sshd, PAM stack, users or systemd-nspawn); run as root")
