@@ -114,7 +114,7 @@ def load(path, check_owner=True):
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        hint = "; YAML does not allow tabs for indentation" if "\t" in text and "tab" in str(e) else ""
+        hint = "; YAML does not allow tabs for indentation, use spaces" if "\\t" in problem or "tab" in problem else ""
         raise ConfigError(f"{path}{line}: not valid YAML: {problem}{hint}") from None
     if root is None:
         raise ConfigError(
@@ -232,7 +232,7 @@ def _from_own(path, top, errors):
         values["min_session"] = _duration(top["min_session"][1], "min_session", errors) or 0
     if "services" in top:
         services = _string_list(top["services"][1], "services", errors)
-        if services is not None and not services:
+        if services is not None and not top["services"][1].value:
             errors.add(top["services"][1], "services", "must name at least one PAM service", _ALLOWED["services"])
         elif services:
             values["services"] = tuple(services)

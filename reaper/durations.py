@@ -1,6 +1,7 @@
 """Durations in dstack's grammar: off, false, whole seconds, "90s", "30m", "2h", "1d", "1w", "1h30m", "2 hours"."""
 
 import humanfriendly
+from humanfriendly.text import tokenize
 
 ALLOWED = 'off, false, a whole number of seconds, or a duration such as 90s, 30m, 2h, 1d, 1w, 1h30m or "2 hours"'
 _SUBSECOND = {"ns", "us", "ms", "nanosecond", "microsecond", "millisecond"}
@@ -28,7 +29,7 @@ def parse(value):
         return None
     if text.startswith("-"):
         raise DurationError(f"{value!r} is negative; use off to disable")
-    tokens = humanfriendly.tokenize(text)
+    tokens = tokenize(text)
     if not tokens:
         raise DurationError("empty duration")
     if len(tokens) == 1 and isinstance(tokens[0], (int, float)):

@@ -1,0 +1,252 @@
+"""The state file: format, atomic writes, modes, locking, matching closes, pruning without loss."""
+
+import os
+import random
+import stat
+import subprocess
+import time
+
+import filelock
+import pytest
+
+from reaper import leases, statejson
+
+BOOT = "boot-a/10"
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    d = tmp_path / "state"
+    leases.ensure_dir(str(d))
+    return str(d)
+
+
+def lease(pid=100, user="alice", opened=10.0, **kw):
+    record = {"user": user, "uid": 1000, "service": "sshd", "rhost": "192.0.2.4", "tty": "ssh",
+              "conn": f"192.0.2.4 {40000 + pid} 127.0.0.1 22", "client": "192.0.2.4", "client_port": 40000 + pid,
+              "server": "127.0.0.1", "server_port": 22, "key": None, "pid": pid, "pid_start": 7,
+              "opened": opened, "boot": BOOT, "source": "hook"}  # fmt: skip
+    record.update(kw)
+    return record
+
+
+def test_missing_file_reads_as_none(state_dir):
+    assert leases.read_state(state_dir) is None
+
+
+def test_write_then_read_with_the_modes_design_md_gives(state_dir):
+    st = leases.empty_state(BOOT)
+    leases.add_lease(st, lease())
+    with leases.FlockLock(state_dir, 1):
+        leases.write_state(state_dir, st)
+    assert leases.read_state(state_dir) == st
+    assert stat.S_IMODE(os.stat(state_dir).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(leases.state_path(state_dir)).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(leases.lock_path(state_dir)).st_mode) == 0o600
+    assert sorted(os.listdir(state_dir)) == ["state.json", "state.lock"]
+
+
+def test_modes_hold_even_under_a_permissive_umask(state_dir):
+    old = os.umask(0)
+    try:
+        os.unlink(leases.lock_path(state_dir)) if os.path.exists(leases.lock_path(state_dir)) else None
+        with leases.FlockLock(state_dir, 1):
+            leases.write_state(state_dir, leases.empty_state(BOOT))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(leases.state_path(state_dir)).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(leases.lock_path(state_dir)).st_mode) == 0o600
+
+
+def test_a_wrong_lock_file_mode_is_repaired(state_dir):
+    path = leases.lock_path(state_dir)
+    with open(path, "w"):
+        pass
+    os.chmod(path, 0o666)
+    with leases.FlockLock(state_dir, 1):
+        pass
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_an_unsafe_state_dir_is_refused(tmp_path):
+    d = tmp_path / "open"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    with pytest.raises(leases.StateError, match="unsafe"):
+        leases.ensure_dir(str(d))
+
+
+def test_a_symlinked_state_dir_is_refused(tmp_path):
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    with pytest.raises(leases.StateError, match="not a directory"):
+        leases.ensure_dir(str(tmp_path / "link"))
+
+
+CORRUPT = {
+    "truncated": b'{"format":1,"boot":"x","leases":[{"us',
+    "garbage": b"\x00\x01garbage\xff",
+    "empty": b"",
+    "future version": b'{"format":2,"boot":"x","leases":[],"closed":[]}',
+    "list": b"[]",
+    "wrong shape": b'{"format":1,"boot":"x","leases":{},"closed":[]}',
+    "bad lease": b'{"format":1,"boot":"x","leases":[{"opened":"yesterday"}],"closed":[]}',
+    "closed without time": b'{"format":1,"boot":"x","leases":[],"closed":[{"opened":1}]}',
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPT))
+def test_a_corrupt_or_foreign_file_raises_state_error(state_dir, name):
+    with open(leases.state_path(state_dir), "wb") as f:
+        f.write(CORRUPT[name])
+    with pytest.raises(leases.StateError):
+        leases.read_state(state_dir)
+
+
+def test_a_directory_in_place_of_the_file_raises_state_error(state_dir):
+    os.mkdir(leases.state_path(state_dir))
+    with pytest.raises(leases.StateError, match="not a regular file"):
+        leases.read_state(state_dir)
+
+
+def test_a_fifo_in_place_of_the_file_does_not_hang(state_dir):
+    os.mkfifo(leases.state_path(state_dir))
+    with pytest.raises(leases.StateError, match="not a regular file"):
+        leases.read_state(state_dir)
+
+
+def test_state_of_another_boot_is_dropped():
+    old = leases.empty_state("boot-old/10")
+    leases.add_lease(old, lease(boot="boot-old/10"))
+    assert leases.current(old, BOOT) == leases.empty_state(BOOT)
+
+
+def test_a_lease_of_another_boot_is_dropped_from_a_current_file():
+    st = leases.empty_state(BOOT)
+    st["leases"] = [lease(pid=1), lease(pid=2, boot="boot-old/10")]
+    assert [x["pid"] for x in leases.current(st, BOOT)["leases"]] == [1]
+
+
+def test_close_moves_the_matching_lease_only():
+    st = leases.empty_state(BOOT)
+    for pid in (1, 2, 3):
+        leases.add_lease(st, lease(pid=pid))
+    assert leases.close_lease(st, lease(pid=2, opened=999.0), 50.0, "hook")
+    assert [x["pid"] for x in st["leases"]] == [1, 3]
+    (rec,) = st["closed"]
+    assert (rec["pid"], rec["opened"], rec["closed"], rec["end"]) == (2, 10.0, 50.0, "hook")
+
+
+def test_a_close_with_no_recorded_open_is_still_recorded():
+    st = leases.empty_state(BOOT)
+    assert not leases.close_lease(st, lease(pid=9), 50.0, "hook")
+    assert st["closed"][0]["opened"] is None and st["leases"] == []
+
+
+def test_the_same_pid_with_another_start_time_is_another_session():
+    st = leases.empty_state(BOOT)
+    leases.add_lease(st, lease(pid=5, pid_start=100))
+    assert not leases.close_lease(st, lease(pid=5, pid_start=200), 50.0, "hook")
+    assert len(st["leases"]) == 1
+
+
+def latest_counted(records, min_session, ignored_users):
+    best = None
+    for r in records:
+        if r["user"] in ignored_users:
+            continue
+        length = float("inf") if r["opened"] is None else r["closed"] - r["opened"]
+        if length >= min_session and (best is None or r["closed"] > best):
+            best = r["closed"]
+    return best
+
+
+def test_folding_never_loses_the_latest_counted_activity_under_any_policy():
+    rng = random.Random(1234)
+    for _ in range(300):
+        st = leases.empty_state(BOOT)
+        for i in range(rng.randint(1, 40)):
+            opened = rng.choice([None] + [float(rng.randint(0, 100)) for _ in range(5)])
+            closed = (opened or 0.0) + rng.randint(0, 30)
+            user = rng.choice(["alice", "bob", "ci"])
+            st["closed"].append(dict(lease(pid=i, user=user, opened=opened), closed=closed, end="hook"))
+        before = list(st["closed"])
+        leases.fold_closed(st)
+        assert len(st["closed"]) <= len(before)
+        for min_session in (0, 1, 5, 10, 20, 31):
+            for ignored in (set(), {"alice"}, {"alice", "bob"}, {"bob", "ci"}):
+                assert latest_counted(st["closed"], min_session, ignored) == latest_counted(
+                    before, min_session, ignored
+                )
+
+
+def test_folding_keeps_the_closed_list_short():
+    st = leases.empty_state(BOOT)
+    for i in range(1000):
+        leases.close_lease(st, lease(pid=i, opened=float(i)), float(i) + 5, "hook")
+    assert len(st["closed"]) == 1 and st["closed"][0]["closed"] == 1004.0
+
+
+def test_stale_temp_files_are_removed(state_dir):
+    junk = os.path.join(state_dir, "state.json.999.tmp")
+    with open(junk, "w") as f:
+        f.write("{")
+    leases.remove_stale_temps(state_dir)
+    assert not os.path.exists(junk)
+
+
+def test_set_aside_keeps_the_bad_file_and_bounds_how_many(state_dir):
+    for i in range(leases.KEEP_BAD + 3):
+        with open(leases.state_path(state_dir), "w") as f:
+            f.write(f"bad {i}")
+        bad = leases.set_aside(state_dir, 1000 + i)
+        os.utime(bad, (i, i))
+    kept = sorted(n for n in os.listdir(state_dir) if ".bad-" in n)
+    assert len(kept) == leases.KEEP_BAD
+    with open(os.path.join(state_dir, kept[-1])) as f:
+        assert f.read() == f"bad {leases.KEEP_BAD + 2}"
+
+
+# --- locking: the hook's flock and filelock are one lock ------------------------------------------------
+
+
+def test_filelock_holder_blocks_the_hook_lock_which_gives_up_in_time(state_dir):
+    with filelock.FileLock(leases.lock_path(state_dir), timeout=1):
+        start = time.monotonic()
+        with pytest.raises(leases.LockTimeout), leases.FlockLock(state_dir, 0.3):
+            pass
+        assert time.monotonic() - start < 1.0
+
+
+def test_hook_lock_holder_blocks_filelock(state_dir):
+    with leases.FlockLock(state_dir, 1), pytest.raises(filelock.Timeout):
+        filelock.FileLock(leases.lock_path(state_dir), timeout=0.2).acquire()
+
+
+def test_debian_filelock_3_9_and_the_hook_lock_exclude_each_other(state_dir):
+    code = (
+        "import filelock, sys, time; l = filelock.FileLock(sys.argv[1], timeout=0.2)\n"
+        "try:\n l.acquire(); print('acquired', filelock.__version__)\n"
+        "except filelock.Timeout: print('timeout', filelock.__version__)\n"
+    )
+    with leases.FlockLock(state_dir, 1):
+        out = subprocess.run(["/usr/bin/python3", "-I", "-c", code, leases.lock_path(state_dir)],
+                             capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert out == ["timeout", "3.9.0"]
+    out = subprocess.run(["/usr/bin/python3", "-I", "-c", code, leases.lock_path(state_dir)],
+                         capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert out[0] == "acquired"
+    assert stat.S_IMODE(os.stat(leases.lock_path(state_dir)).st_mode) == 0o600
+
+
+def test_what_is_written_is_plain_json(state_dir):
+    st = leases.empty_state(BOOT)
+    leases.add_lease(st, lease(user="x\n\x1b[31m"))
+    with leases.FlockLock(state_dir, 1):
+        leases.write_state(state_dir, st)
+    import json
+
+    with open(leases.state_path(state_dir)) as f:
+        assert json.load(f) == st
+    with open(leases.state_path(state_dir), "rb") as f:
+        assert statejson.loads(f.read().decode()) == st

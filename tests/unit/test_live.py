@@ -1,0 +1,139 @@
+"""Lease liveness and live SSH session discovery, against real /proc and real sockets where it can be."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from reaper import clock, live, system
+from reaper.system import Process, Socket
+
+
+def lease_for(pid, start, conn=None):
+    client, cport, server, sport = conn or (None, None, None, None)
+    return {"pid": pid, "pid_start": start, "client": client, "client_port": cport, "server": server,
+            "server_port": sport}  # fmt: skip
+
+
+def test_a_running_process_with_its_start_time_is_live():
+    me = os.getpid()
+    assert live.lease_live(lease_for(me, clock.process_start_ticks(me)), set())
+
+
+def test_a_reused_pid_is_not_live():
+    me = os.getpid()
+    assert not live.lease_live(lease_for(me, clock.process_start_ticks(me) - 1), set())
+
+
+def test_a_dead_pid_is_not_live():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = clock.process_start_ticks(child.pid)
+    child.wait()
+    assert not live.lease_live(lease_for(child.pid, start), set())
+
+
+@pytest.fixture
+def tcp_pair():
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    conn, _ = server.accept()
+    yield client.getsockname(), server.getsockname()
+    for s in (conn, client, server):
+        s.close()
+
+
+def test_an_established_connection_keeps_a_lease_live_after_its_process_is_gone(tcp_pair):
+    (cip, cport), (sip, sport) = tcp_pair
+    established = system.established_tuples(system.tcp_sockets())
+    assert (cip, cport, sip, sport) in established
+    assert live.lease_live(lease_for(999999, 1, (cip, cport, sip, sport)), established)
+    assert not live.lease_live(lease_for(999999, 1, (cip, cport + 1, sip, sport)), established)
+
+
+def test_ipv6_connections_are_read_too():
+    try:
+        server = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.fail("IPv6 loopback is needed for this test")
+    client = socket.create_connection(server.getsockname()[:2])
+    conn, _ = server.accept()
+    try:
+        tuples = system.established_tuples(system.tcp_sockets())
+        assert ("::1", client.getsockname()[1], "::1", server.getsockname()[1]) in tuples
+    finally:
+        for s in (conn, client, server):
+            s.close()
+
+
+def test_ipv4_mapped_addresses_compare_as_ipv4():
+    assert system.normalize_ip("::ffff:10.0.0.5") == "10.0.0.5"
+    assert system.normalize_ip("fe80::1%eth0") == "fe80::1"
+    assert live.lease_tuple({"client": "::ffff:10.0.0.5", "client_port": 1, "server": "10.0.0.1",
+                             "server_port": 22}) == ("10.0.0.5", 1, "10.0.0.1", 22)  # fmt: skip
+
+
+# --- finding SSH sessions: pure logic over sockets and processes ------------------------------------------
+
+LISTEN = Socket("0.0.0.0", 22, "0.0.0.0", 0, system.TCP_LISTEN, 1)
+LISTENER = Process(10, 1, 0, 100, "/usr/sbin/sshd")
+SSHD_UID = 102
+
+
+def established(inode, client_port=50000, local_port=22):
+    return Socket("127.0.0.1", local_port, "192.0.2.4", client_port, system.TCP_ESTABLISHED, inode)
+
+
+def sessions(sockets, procs, held):
+    return live.ssh_sessions(sockets, procs, lambda pid: held.get(pid, set()), SSHD_UID)
+
+
+def test_a_user_session_is_found_with_its_user_and_monitor():
+    monitor = Process(20, 10, 0, 200, "/usr/sbin/sshd")
+    child = Process(21, 20, 1000, 201, "/usr/sbin/sshd")
+    (s,) = sessions([LISTEN, established(5)], [LISTENER, monitor, child], {10: {1}, 20: {5}, 21: {5}})
+    assert (s.uid, s.pid, s.pid_start, s.client, s.client_port) == (1000, 20, 200, "192.0.2.4", 50000)
+
+
+def test_a_root_session_has_one_process_and_is_found():
+    root = Process(30, 10, 0, 300, "/usr/sbin/sshd")
+    (s,) = sessions([LISTEN, established(6)], [LISTENER, root], {10: {1}, 30: {6}})
+    assert (s.uid, s.pid) == (0, 30)
+
+
+def test_a_connection_still_authenticating_is_not_a_session():
+    monitor = Process(20, 10, 0, 200, "/usr/sbin/sshd")
+    privsep = Process(22, 20, SSHD_UID, 201, "/usr/sbin/sshd")
+    assert sessions([LISTEN, established(5)], [LISTENER, monitor, privsep], {10: {1}, 20: {5}, 22: {5}}) == []
+
+
+def test_a_session_whose_monitor_was_killed_is_still_found():
+    orphan = Process(21, 1, 1000, 201, "/usr/sbin/sshd")
+    (s,) = sessions([LISTEN, established(5)], [LISTENER, orphan], {10: {1}, 21: {5}})
+    assert (s.uid, s.pid) == (1000, 21)
+
+
+def test_connections_not_held_by_sshd_or_not_on_its_port_are_not_sessions():
+    other = established(7, local_port=8080)
+    unheld = established(8)
+    assert sessions([LISTEN, other, unheld], [LISTENER], {10: {1}}) == []
+
+
+def test_sshd_is_found_by_executable_not_title(tmp_path):
+    proc = tmp_path / "proc"
+
+    def fake(pid, exe, title, ppid=1, uid=0):
+        d = proc / str(pid)
+        d.mkdir(parents=True)
+        os.symlink(exe, d / "exe")
+        (d / "stat").write_text(f"{pid} ({title}) S {ppid} 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {pid * 10} 0 0\n")
+        (d / "status").write_text(f"Name:\t{title}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+        (d / "comm").write_text(title + "\n")
+
+    fake(5, "/usr/sbin/sshd", "sshd-test")  # started through a symlink with another name
+    fake(6, "/usr/sbin/sshd (deleted)", "sshd", ppid=5)  # the binary was upgraded under it
+    fake(7, "/usr/bin/python3", "sshd: alice [priv]")  # a process pretending by title
+    fake(8, "/usr/lib/openssh/sshd-session", "sshd-session", ppid=5, uid=1000)
+    found = {p.pid: (p.ppid, p.uid, p.start) for p in system.sshd_processes(str(proc))}
+    assert found == {5: (1, 0, 50), 6: (5, 0, 60), 8: (5, 1000, 80)}
