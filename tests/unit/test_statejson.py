@@ -39,6 +39,9 @@ def test_bad_json_raises_decode_error(text):
 
 def test_importing_it_does_not_import_re_or_json():
     repo = str(pathlib.Path(__file__).parents[2])
-    code = f"import sys; sys.path.insert(0, {repo!r}); import reaper.statejson; print('re' in sys.modules, 'json' in sys.modules)"
+    code = (
+        f"import sys; sys.path.insert(0, {repo!r}); import reaper.statejson; "
+        "print('re' in sys.modules, 'json' in sys.modules)"
+    )
     out = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
