@@ -113,7 +113,9 @@ class Sshd:
             f.write(pam)
         os.makedirs("/run/sshd", exist_ok=True)  # privilege separation dir
         self.log = open(os.path.join(self.dir, "sshd.log"), "w")  # noqa: SIM115 - closed in stop()
-        script = f"mount --bind {self.dir}/pam-sshd /etc/pam.d/sshd && exec /usr/sbin/sshd -D -e -f {self.dir}/sshd_config"
+        script = (
+            f"mount --bind {self.dir}/pam-sshd /etc/pam.d/sshd && exec /usr/sbin/sshd -D -e -f {self.dir}/sshd_config"
+        )
         self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                                      stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
         deadline = time.monotonic() + 10

@@ -1,0 +1,46 @@
+"""Drive a real PAM stack with python-pam: one PAM handle, then open_session / close_session as asked.
+
+Run inside a mount namespace where /etc/pam.d holds the test service (see pamstack.py). Prints JSON results.
+Argument: JSON {"user", "service", "rhost", "tty", "env": {...}, "steps": ["open", "close", "sleep:0.1"]}.
+Strings may be given as {"hex": "..."} for bytes that are not UTF-8.
+"""
+
+import ctypes
+import json
+import sys
+import time
+
+import pam
+
+
+def as_bytes(value):
+    if isinstance(value, dict):
+        return bytes.fromhex(value["hex"])
+    return value.encode("utf-8", "surrogateescape")
+
+
+def main():
+    spec = json.loads(sys.argv[1])
+    p = pam.pam()
+    env = {k: as_bytes(v).decode("utf-8", "surrogateescape") for k, v in spec.get("env", {}).items()}
+    ok = p.authenticate(as_bytes(spec["user"]), b"", service=spec["service"], call_end=False, env=env)
+    if spec.get("rhost") is not None:
+        p.pam_set_item(p.handle, pam.PAM_RHOST, ctypes.c_char_p(as_bytes(spec["rhost"])))
+    if spec.get("tty") is not None:
+        p.pam_set_item(p.handle, pam.PAM_TTY, ctypes.c_char_p(as_bytes(spec["tty"])))
+    results = {"auth": ok, "steps": []}
+    for step in spec["steps"]:
+        if step == "open":
+            results["steps"].append(p.open_session())
+        elif step == "close":
+            results["steps"].append(p.close_session())
+        elif step.startswith("sleep:"):
+            time.sleep(float(step.split(":", 1)[1]))
+        elif step == "wait-stdin":
+            sys.stdin.readline()
+    p.end()
+    sys.stdout.write(json.dumps(results) + "\n")
+
+
+if __name__ == "__main__":
+    main()
