@@ -32,7 +32,7 @@ class PamStack:
     def argv(self, user="irt-pam-user", steps=("open", "close"), rhost="127.0.0.1", tty="ssh", env=None,
              service=SERVICE):  # fmt: skip
         spec = {"user": user, "service": service, "rhost": rhost, "tty": tty, "env": env or {}, "steps": list(steps)}
-        script = f'mount --bind "$1" /etc/pam.d && shift && exec "$@"'
+        script = 'mount --bind "$1" /etc/pam.d && shift && exec "$@"'
         return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", self.pam_d,
                 VENV_PYTHON, DRIVER, json.dumps(spec)]  # fmt: skip
 

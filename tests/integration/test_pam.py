@@ -24,8 +24,9 @@ def read(state_dir):
 
 
 def test_open_records_every_fact_and_close_ends_it(pam_stack, state_dir):
-    driver = pam_stack.start(user="root", steps=["open", "wait-stdin", "close"], rhost="192.0.2.10",
-                             env={"SSH_CONNECTION": CONN, "SSH_AUTH_INFO_0": "publickey ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"})  # fmt: skip
+    auth_info = "publickey ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+    env = {"SSH_CONNECTION": CONN, "SSH_AUTH_INFO_0": auth_info}
+    driver = pam_stack.start(user="root", steps=["open", "wait-stdin", "close"], rhost="192.0.2.10", env=env)
     try:
         (lease,) = _wait_lease(state_dir)
         assert lease["pid"] == driver.pid
