@@ -330,3 +330,12 @@ def _action(node, errors):
         errors.add(node, "action", f"{argv[0]!r}: the program must be an absolute path", allowed)
         return None
     return tuple(argv)
+
+
+def reference_markdown():
+    """Return the config reference as a Markdown table, for README.md (a test keeps the two in step)."""
+    rows = ["| key | default | meaning | allowed |", "|---|---|---|---|"]
+    for o in SCHEMA:
+        default = "(required)" if o.key == "inactivity_duration" else f"`{o.sample}`"
+        rows.append(f"| `{o.key}` | {default} | {o.help} | {o.allowed} |")
+    return "\n".join(rows)
