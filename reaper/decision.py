@@ -31,6 +31,7 @@ class SessionView:
     key: str | None = None
     recorded: bool = True  # False: seen in the live system, missing from the state file
     pending: bool = False  # not counted yet: it counts once it has been open for min_session
+    container: bool = False  # seen in the live system, served by an sshd in a container on this machine
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Decision:
     next_check: float | None = None  # seconds until the decision may change by itself
 
 
-def _view(record, now, counted, reason, recorded=True, pending=False):
+def _view(record, now, counted, reason, recorded=True, pending=False, container=False):
     opened = record.get("opened")
     return SessionView(
         user=record.get("user"),
@@ -64,6 +65,7 @@ def _view(record, now, counted, reason, recorded=True, pending=False):
         key=record.get("key"),
         recorded=recorded,
         pending=pending,
+        container=container,
     )
 
 
@@ -109,7 +111,7 @@ def decide(config, now, boot_started, state, evidence, state_problem=None):
             "opened": None,
         }
         ignored = policy.ignore_reason(config, record)
-        view = _view(record, now, ignored is None, ignored or None, recorded=False)
+        view = _view(record, now, ignored is None, ignored or None, recorded=False, container=session.container)
         views.append(view)
         if ignored is None:
             unexplained.append(view)
@@ -132,10 +134,16 @@ def decide(config, now, boot_started, state, evidence, state_problem=None):
     if state_problem:
         return Decision(UNKNOWN, state_problem, 0.0, None, False, **common)
     if unexplained:
-        who = ", ".join(_who(v) for v in unexplained)
+        missed = ", ".join(_who(v) for v in unexplained if not v.container)
+        inside = ", ".join(_who(v) for v in unexplained if v.container)
+        parts = []
+        if missed:
+            parts.append(f"SSH session not recorded by the hook (the hook failed or the state was lost): {missed}")
+        if inside:
+            parts.append(f"SSH session served by an sshd in a container on this machine: {inside}")
         return Decision(
             UNKNOWN,
-            f"SSH session not recorded by the hook (the hook failed or the state was lost): {who}",
+            "; ".join(parts),
             0.0,
             None,
             False,

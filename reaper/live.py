@@ -27,6 +27,7 @@ class LiveSession:
     user: str | None
     pid: int  # the oldest sshd process holding the connection: the per-connection monitor
     pid_start: int
+    container: bool = False  # served by an sshd in a container on this machine
 
     @property
     def tuple(self):
@@ -98,7 +99,19 @@ def ssh_sessions(sockets, processes, inodes_of, privsep_uid):
         monitor = min(procs, key=lambda p: (p.start, p.pid))
         uid = next((p.uid for p in procs if p.uid != 0), 0)  # the session child runs as the user
         name = _user_name(uid)
-        out.append(LiveSession(s.remote, s.remote_port, s.local, s.local_port, uid, name, monitor.pid, monitor.start))
+        out.append(
+            LiveSession(
+                s.remote,
+                s.remote_port,
+                s.local,
+                s.local_port,
+                uid,
+                name,
+                monitor.pid,
+                monitor.start,
+                any(p.container for p in procs),
+            )  # fmt: skip
+        )
     return out
 
 

@@ -39,6 +39,7 @@ def _session_json(view):
         "client_port": view.client_port,
         "key": view.key,
         "recorded": view.recorded,
+        "container": view.container,
         "pending": view.pending,
     }
 
@@ -139,7 +140,9 @@ def render(status):
     lines.append(f"Sessions:  {len(sessions)} open" + (":" if sessions else ""))
     for v in sessions:
         mark = "counted" if v["counted"] else "pending" if v["pending"] else "ignored"
-        if not v["recorded"]:
+        if v["container"]:
+            mark += " (in a container)"
+        elif not v["recorded"]:
             mark += " (not recorded by the hook)"
         opened = "-" if v["opened_seconds_ago"] is None else format_seconds(v["opened_seconds_ago"])
         where = v["client"] or v["rhost"]

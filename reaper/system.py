@@ -36,6 +36,7 @@ class Process:
     uid: int
     start: int  # clock ticks since kernel boot
     exe: str
+    container: bool = False  # runs in another PID namespace: a container on this machine
 
 
 def normalize_ip(text):
@@ -108,7 +109,15 @@ def _read_process(pid, proc):
     except (FileNotFoundError, ProcessLookupError):
         return None
     fields = stat[stat.rindex(b")") + 2 :].split()
-    return Process(pid, int(fields[1]), int(uid_line.split()[2]), int(fields[19]), exe)
+    container = _pid_namespace(pid, proc) not in (None, _pid_namespace("self", proc))
+    return Process(pid, int(fields[1]), int(uid_line.split()[2]), int(fields[19]), exe, container)
+
+
+def _pid_namespace(pid, proc):
+    try:
+        return os.stat(f"{proc}/{pid}/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def sshd_processes(proc=defaults.PROC):

@@ -244,3 +244,11 @@ def test_change_key_ignores_the_ticking_clock():
     b = decide(cfg(), 200, state())
     assert decision.change_key(a) == decision.change_key(b)
     assert decision.change_key(a) != decision.change_key(decide(cfg(), HOUR, state()))
+
+
+def test_a_session_in_a_container_on_this_machine_blocks_and_says_where():
+    inside = LiveSession("127.0.0.1", 50000, "127.0.0.1", 2222, 1000, "dev", 400, 77, container=True)
+    d = decide(cfg(), 10 * HOUR, state(), evidence(sessions=[inside]))
+    assert d.state == "unknown" and not d.act
+    assert d.reason == "SSH session served by an sshd in a container on this machine: dev from 127.0.0.1 (pid 400)"
+    assert d.sessions[0].container
