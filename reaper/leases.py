@@ -55,7 +55,29 @@ def clip(value):
 # --- reading --------------------------------------------------------------------------------------------
 
 
+_STR = "text"
+_INT = "int"
+_NUM = "number"
+# Every field of a record and its type; any may also be null, except where REQUIRED says otherwise.
+_FIELDS = {
+    "user": _STR, "uid": _INT, "service": _STR, "rhost": _STR, "tty": _STR, "conn": _STR, "client": _STR,
+    "client_port": _INT, "server": _STR, "server_port": _INT, "key": _STR, "pid": _INT, "pid_start": _INT,
+    "opened": _NUM, "boot": _STR, "source": _STR, "closed": _NUM, "end": _STR,
+}  # fmt: skip
+
+
+def _type_ok(value, kind):
+    if value is None:
+        return True
+    if kind == _STR:
+        return isinstance(value, str)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if kind == _INT else isinstance(value, (int, float))
+
+
 def _check_shape(state):
+    """Check the whole document against the format, so no later code meets a value of the wrong type."""
     if not isinstance(state, dict):
         raise StateError("the top level is not a JSON object")
     if state.get("format") != FORMAT:
@@ -64,16 +86,17 @@ def _check_shape(state):
         raise StateError("'boot' is missing or not a string")
     for key in ("leases", "closed"):
         records = state.get(key)
-        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise StateError(f"'{key}' is not a list of objects")
-        for r in records:
-            if not isinstance(r.get("opened"), (int, float, type(None))) or not isinstance(
-                r.get("pid"), (int, type(None))
-            ):
-                raise StateError(f"a record in '{key}' has a bad 'opened' or 'pid'")
-            if key == "closed" and not isinstance(r.get("closed"), (int, float)):
-                raise StateError("a record in 'closed' has no 'closed' time")
-    if not isinstance(state.get("lost"), (int, float, type(None))):
+        if not isinstance(records, list):
+            raise StateError(f"'{key}' is not a list")
+        for i, r in enumerate(records):
+            if not isinstance(r, dict):
+                raise StateError(f"{key}[{i}] is not an object")
+            for field, value in r.items():
+                if not _type_ok(value, _FIELDS.get(field, _STR)):
+                    raise StateError(f"{key}[{i}].{field} is {type(value).__name__}, not {_FIELDS.get(field, _STR)}")
+            if key == "closed" and r.get("closed") is None:
+                raise StateError(f"closed[{i}] has no 'closed' time")
+    if not _type_ok(state.get("lost"), _NUM):
         raise StateError("'lost' is not a number")
     if not isinstance(state.get("reaper", {}), dict):
         raise StateError("'reaper' is not an object")

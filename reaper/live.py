@@ -58,8 +58,11 @@ def lease_tuple(lease):
 def lease_live(lease, established, proc=defaults.PROC):
     """True if the lease's monitor process is the same process still, or its connection is ESTABLISHED."""
     pid, start = lease.get("pid"), lease.get("pid_start")
-    if pid and start is not None and clock.process_start_ticks(pid, proc) == start:
-        return True
+    if pid:
+        running = clock.process_start_ticks(pid, proc)
+        # Without a recorded start time a reused pid can't be told apart; keeping it live is the safe side.
+        if running is not None and (start is None or running == start):
+            return True
     return lease_tuple(lease) in established
 
 

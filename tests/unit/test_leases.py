@@ -250,3 +250,19 @@ def test_what_is_written_is_plain_json(state_dir):
         assert json.load(f) == st
     with open(leases.state_path(state_dir), "rb") as f:
         assert statejson.loads(f.read().decode()) == st
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("user", 5), ("client", [1]), ("client_port", "22"), ("opened", True), ("pid", 1.5), ("key", {}),
+     ("pid_start", "7"), ("closed", "late"), ("boot", 3)],
+)  # fmt: skip
+def test_a_record_field_of_the_wrong_type_makes_the_file_unusable(state_dir, field, value):
+    st = leases.empty_state(BOOT)
+    record = dict(lease(), closed=20.0, end="hook")
+    record[field] = value
+    st["closed"].append(record)
+    with open(leases.state_path(state_dir), "w") as f:
+        f.write(statejson.dumps(st))
+    with pytest.raises(leases.StateError, match=rf"closed\[0\]\.{field} is"):
+        leases.read_state(state_dir)

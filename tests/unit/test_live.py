@@ -137,3 +137,7 @@ def test_sshd_is_found_by_executable_not_title(tmp_path):
     fake(8, "/usr/lib/openssh/sshd-session", "sshd-session", ppid=5, uid=1000)
     found = {p.pid: (p.ppid, p.uid, p.start) for p in system.sshd_processes(str(proc))}
     assert found == {5: (1, 0, 50), 6: (5, 0, 60), 8: (5, 1000, 80)}
+
+
+def test_a_running_pid_without_a_recorded_start_time_is_live():
+    assert live.lease_live(lease_for(os.getpid(), None), set())
