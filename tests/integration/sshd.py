@@ -87,7 +87,11 @@ class Users:
 
 
 class Sshd:
-    """One sshd on 127.0.0.1 and ::1, with the hook writing to `state_dir`."""
+    """One sshd on 127.0.0.1 and ::1, with the hook writing to `state_dir`.
+
+    `hook_line`: True adds our hook's pam_exec line, False adds none, and a string is added as the PAM line
+    itself (the benchmarks compare logins with other hooks).
+    """
 
     def __init__(self, users, state_dir, hook_line=True):
         self.users = users
@@ -107,8 +111,10 @@ class Sshd:
             )
         with open("/etc/pam.d/sshd") as f:
             pam = f.read()
-        if hook_line:
+        if hook_line is True:
             pam += f"session optional pam_exec.so quiet {SYSTEM_PYTHON} -I {HOOK} --state-dir {state_dir}\n"
+        elif hook_line:
+            pam += hook_line.rstrip("\n") + "\n"
         with open(os.path.join(self.dir, "pam-sshd"), "w") as f:
             f.write(pam)
         os.makedirs("/run/sshd", exist_ok=True)  # privilege separation dir
