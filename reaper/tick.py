@@ -125,8 +125,16 @@ def evaluate(paths, cfg):
     now = clock.now()
     boot = clock.boot_key(paths.proc)
     started = clock.boot_started(paths.proc)
-    leases.ensure_dir(paths.state_dir)
-    with _StateLock(paths.state_dir, paths.proc):
+    if os.geteuid() != 0:
+        raise ReaperError("reap needs root: it writes the state and may power the machine off (try --dry-run)")
+    try:
+        leases.ensure_dir(paths.state_dir)
+        lock = _StateLock(paths.state_dir, paths.proc)
+    except PermissionError as e:
+        raise ReaperError(f"reap needs root (or --dry-run): {e.filename}: {e.strerror}") from None
+    except leases.StateError as e:
+        raise ReaperError(f"refusing to use the state dir: {e}", EXIT_SKIPPED) from None
+    with lock:
         problem = None
         try:
             raw = leases.read_state(paths.state_dir)
