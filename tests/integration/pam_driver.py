@@ -1,7 +1,7 @@
 """Drive a real PAM stack with python-pam: one PAM handle, then open_session / close_session as asked.
 
 Run inside a mount namespace where /etc/pam.d holds the test service (see pamstack.py). Prints JSON results.
-Argument: JSON {"user", "service", "rhost", "tty", "env": {...}, "steps": ["open", "close", "sleep:0.1"]}.
+Argument: a file holding JSON {"user", "service", "rhost", "tty", "env": {...}, "steps": ["open", "close", "sleep:0.1"]}.
 Strings may be given as {"hex": "..."} for bytes that are not UTF-8.
 """
 
@@ -20,10 +20,12 @@ def as_bytes(value):
 
 
 def main():
-    spec = json.loads(sys.argv[1])
+    with open(sys.argv[1]) as f:
+        spec = json.load(f)
     p = pam.pam()
-    env = {k: as_bytes(v).decode("utf-8", "surrogateescape") for k, v in spec.get("env", {}).items()}
-    ok = p.authenticate(as_bytes(spec["user"]), b"", service=spec["service"], call_end=False, env=env)
+    ok = p.authenticate(as_bytes(spec["user"]), b"", service=spec["service"], call_end=False)
+    for name, value in spec.get("env", {}).items():  # pam_putenv itself: python-pam's wrapper needs UTF-8
+        assert p.pam_putenv(p.handle, as_bytes(name) + b"=" + as_bytes(value)) == 0
     if spec.get("rhost") is not None:
         p.pam_set_item(p.handle, pam.PAM_RHOST, ctypes.c_char_p(as_bytes(spec["rhost"])))
     if spec.get("tty") is not None:

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 
 from tests.conftest import HOOK, REPO, SYSTEM_PYTHON
 from tests.integration.sshd import VENV_PYTHON, public_dir
@@ -26,15 +27,21 @@ class PamStack:
         with open(os.path.join(self.pam_d, SERVICE), "w") as f:
             f.write(
                 "auth sufficient pam_permit.so\naccount sufficient pam_permit.so\n"
+                # As in sshd's stack, pam_exec is not the only session module, so being optional means it
+                # can't fail the session (PAM itself refuses some huge items before our hook runs).
+                "session required pam_permit.so\n"
                 f"session optional pam_exec.so quiet {' '.join(hook)}\n"
             )
 
     def argv(self, user="irt-pam-user", steps=("open", "close"), rhost="127.0.0.1", tty="ssh", env=None,
              service=SERVICE):  # fmt: skip
         spec = {"user": user, "service": service, "rhost": rhost, "tty": tty, "env": env or {}, "steps": list(steps)}
+        fd, spec_file = tempfile.mkstemp(dir=self.dir, suffix=".json")  # too long for an argument at times
+        with os.fdopen(fd, "w") as f:
+            json.dump(spec, f)
         script = 'mount --bind "$1" /etc/pam.d && shift && exec "$@"'
         return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", self.pam_d,
-                VENV_PYTHON, DRIVER, json.dumps(spec)]  # fmt: skip
+                VENV_PYTHON, DRIVER, spec_file]  # fmt: skip
 
     def run(self, **kw):
         """Open and close (or whatever `steps` says) one PAM session; return the driver's results."""

@@ -66,7 +66,7 @@ def test_a_broken_config_gets_one_clear_line_a_nonzero_exit_and_no_action(
 ):
     content, line, words = CORPUS[name]
     # First a good tick, so there is a last good state to keep.
-    config(due_config(marker, 'min_session: 1h\n').replace("min_session: off\n", ""))
+    config(due_config(marker, "min_session: 1h\n").replace("min_session: off\n", ""))
     assert idle_reaper(config.path, state_dir, "reap").returncode in (0, 4)
     os.path.exists(marker) and os.unlink(marker)
     with open(leases.state_path(state_dir), "rb") as f:
