@@ -1,7 +1,8 @@
 """Drive a real PAM stack with python-pam: one PAM handle, then open_session / close_session as asked.
 
 Run inside a mount namespace where /etc/pam.d holds the test service (see pamstack.py). Prints JSON results.
-Argument: a file holding JSON {"user", "service", "rhost", "tty", "env": {...}, "steps": ["open", "close", "sleep:0.1"]}.
+Argument: a file holding JSON {"user", "service", "rhost", "tty", "env": {...}, "steps": [...]}, where each step
+is "open", "close", "sleep:SECONDS" or "wait-stdin".
 Strings may be given as {"hex": "..."} for bytes that are not UTF-8.
 """
 
