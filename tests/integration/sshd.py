@@ -91,9 +91,10 @@ class Sshd:
 
     `hook_line`: True adds our hook's pam_exec line, False adds none, and a string is added as the PAM line
     itself (the benchmarks compare logins with other hooks).
+    `name`: run sshd through a symlink of that name; the PAM service is then that name too.
     """
 
-    def __init__(self, users, state_dir, hook_line=True):
+    def __init__(self, users, state_dir, hook_line=True, name="sshd"):
         self.users = users
         self.state_dir = state_dir
         self.dir = public_dir("irt-sshd-")
@@ -115,13 +116,17 @@ class Sshd:
             pam += f"session optional pam_exec.so quiet {SYSTEM_PYTHON} -I {HOOK} --state-dir {state_dir}\n"
         elif hook_line:
             pam += hook_line.rstrip("\n") + "\n"
-        with open(os.path.join(self.dir, "pam-sshd"), "w") as f:
+        pam_d = os.path.join(self.dir, "pam.d")
+        shutil.copytree("/etc/pam.d", pam_d, symlinks=True)
+        with open(os.path.join(pam_d, name), "w") as f:
             f.write(pam)
+        binary = "/usr/sbin/sshd"
+        if name != "sshd":
+            binary = os.path.join(self.dir, name)
+            os.symlink("/usr/sbin/sshd", binary)
         os.makedirs("/run/sshd", exist_ok=True)  # privilege separation dir
         self.log = open(os.path.join(self.dir, "sshd.log"), "w")  # noqa: SIM115 - closed in stop()
-        script = (
-            f"mount --bind {self.dir}/pam-sshd /etc/pam.d/sshd && exec /usr/sbin/sshd -D -e -f {self.dir}/sshd_config"
-        )
+        script = f"mount --bind {pam_d} /etc/pam.d && exec {binary} -D -e -f {self.dir}/sshd_config"
         self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                                      stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
         deadline = time.monotonic() + 10
