@@ -30,6 +30,7 @@ class SessionView:
     client_port: int | None = None
     key: str | None = None
     recorded: bool = True  # False: seen in the live system, missing from the state file
+    source: str | None = None  # "hook", or "live" when the reaper recorded it from the live system
     pending: bool = False  # not counted yet: it counts once it has been open for min_session
     container: bool = False  # seen in the live system, served by an sshd in a container on this machine
 
@@ -64,6 +65,7 @@ def _view(record, now, counted, reason, recorded=True, pending=False, container=
         client_port=record.get("client_port"),
         key=record.get("key"),
         recorded=recorded,
+        source=record.get("source"),
         pending=pending,
         container=container,
     )

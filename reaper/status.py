@@ -39,6 +39,7 @@ def _session_json(view):
         "client_port": view.client_port,
         "key": view.key,
         "recorded": view.recorded,
+        "source": view.source,
         "container": view.container,
         "pending": view.pending,
     }
@@ -144,6 +145,8 @@ def render(status):
             mark += " (in a container)"
         elif not v["recorded"]:
             mark += " (not recorded by the hook)"
+        elif v["source"] == "live":
+            mark += " (found by the live check)"
         opened = "-" if v["opened_seconds_ago"] is None else format_seconds(v["opened_seconds_ago"])
         where = v["client"] or v["rhost"]
         lines.append(
