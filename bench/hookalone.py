@@ -1,0 +1,109 @@
+"""Row 2: the hook alone, open then close, each run as pam_exec runs it, against the same interpreter doing nothing.
+
+pam_exec forks, and execs the hook with the PAM items and sshd's PAM environment as its whole environment (no
+PATH, no HOME), cwd /, umask 022, and waits for it. Here this process plays the sshd monitor: it is the hook's
+parent and stays alive past the close, so the close finds the lease the open wrote.
+"""
+
+import base64
+import json
+import os
+import random
+import struct
+
+from bench import HOOK, SYSTEM_PYTHON, stats
+from bench.proc import remove, run_timed, tmpfs_dir
+from bench.table import Row, met
+
+PASS_ARGV = [SYSTEM_PYTHON, "-I", "-c", "pass"]
+TARGET_OPEN = 1.5
+
+
+def fake_auth_info(seed=0):
+    """Return an SSH_AUTH_INFO_0 value as sshd sets it: a well-formed ed25519 public key blob, then a newline."""
+    rng = random.Random(seed)  # noqa: S311 - reproducible orders, not secrets
+    blob = struct.pack(">I", 11) + b"ssh-ed25519" + struct.pack(">I", 32) + rng.randbytes(32)
+    return f"publickey ssh-ed25519 {base64.b64encode(blob).decode()}\n"
+
+
+def pam_env(pam_type, user="nobody", port=40000, service="sshd"):
+    """The environment pam_exec gives the hook for one SSH session (RECIPES.md: what the hook sees)."""
+    return {
+        "PAM_TYPE": pam_type,
+        "PAM_USER": user,
+        "PAM_SERVICE": service,
+        "PAM_RHOST": "127.0.0.1",
+        "PAM_TTY": "ssh",
+        "SSH_CONNECTION": f"127.0.0.1 {port} 127.0.0.1 22",
+        "SSH_AUTH_INFO_0": fake_auth_info(port),
+    }
+
+
+def hook_argv(state_dir):
+    return [SYSTEM_PYTHON, "-I", str(HOOK), "--state-dir", state_dir]
+
+
+def read_state(state_dir):
+    try:
+        with open(os.path.join(state_dir, "state.json")) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def run(quick=False, seed=6):
+    """Return the Rows of the hook alone: open and close against `python3 -I -c pass`, interleaved."""
+    rounds = 5 if quick else 200
+    rng = random.Random(seed)  # noqa: S311 - reproducible orders, not secrets
+    state_dir = os.path.join(tmpfs_dir("irb-hook-"), "state")
+    times = {"pass": [], "open": [], "close": []}
+    problems = []
+    try:
+        for i in range(rounds + 3):  # the first 3 rounds warm the page cache and are not counted
+            order = ["open", "close"]
+            for _ in range(2):  # two do-nothing runs per round, at random places around the open and the close
+                order.insert(rng.randrange(len(order) + 1), "pass")
+            for what in order:
+                argv = PASS_ARGV if what == "pass" else hook_argv(state_dir)
+                env = pam_env("open_session" if what == "pass" else f"{what}_session")
+                done = run_timed(argv, env=env, cwd="/", umask=0o022)
+                if done.returncode != 0:
+                    problems.append(f"{what} exited {done.returncode}")
+                if i >= 3:
+                    times[what].append(done.seconds)
+                if what != "pass":
+                    state = read_state(state_dir) or {"leases": []}
+                    want = 1 if what == "open" else 0
+                    if len(state["leases"]) != want:
+                        problems.append(f"round {i}: {len(state['leases'])} leases after the {what}, not {want}")
+        state = read_state(state_dir)
+        closed = [r for r in (state or {}).get("closed", []) if r.get("opened") is not None and r.get("end") == "hook"]
+        if not closed:
+            problems.append("no closed session recorded by the hook: it did not do its work")
+    finally:
+        remove(os.path.dirname(state_dir))
+    base = stats.median(times["pass"])
+    open_ratio = stats.ratio(stats.median(times["open"]), base)
+    close_ratio = stats.ratio(stats.median(times["close"]), base)
+    notes = tuple(problems[:5])
+    against = f"`python3 -I -c pass`, same env: {stats.spread(times['pass'])} ms"
+    return [
+        Row(
+            "2a",
+            "hook alone: open_session, as pam_exec runs it",
+            against,
+            f"{stats.spread(times['open'])} ms",
+            stats.fmt_ratio(open_ratio),
+            f"<= {TARGET_OPEN}x",
+            met(open_ratio <= TARGET_OPEN and not problems),
+            notes,
+        ),
+        Row(
+            "2b",
+            "hook alone: close_session (off the login path)",
+            "the same runs of `python3 -I -c pass`",
+            f"{stats.spread(times['close'])} ms",
+            stats.fmt_ratio(close_ratio),
+            "- (not a login delay)",
+        ),
+    ]

@@ -1,0 +1,125 @@
+"""Row 1: real `ssh ... true` logins to real sshds on 127.0.0.1, interleaved across three PAM stacks.
+
+Three sshd instances run side by side (tests/integration/sshd.py), identical but for one line in their PAM
+session stack: none; pam_exec of `python3 -I -c pass` (the floor for any Python hook); our hook. Each round
+logs in once to each, in a random order. After each login the next waits until that sshd has no
+per-connection process left (the close hook has ended), then pauses a little more.
+"""
+
+import os
+import random
+import time
+
+from bench import SYSTEM_PYTHON, stats
+from bench.proc import remove, run_timed, tmpfs_dir
+from bench.table import Row, met
+from tests.integration.sshd import Sshd, Users
+
+USER = "irb-login"
+PASS_LINE = f"session optional pam_exec.so quiet {SYSTEM_PYTHON} -I -c pass"
+TARGET = 1.03
+PAUSE = 0.1  # after the close hook has ended, before the next login
+LABELS = ("none", "pass", "ours")
+
+
+def children(pid):
+    """Return the pids whose parent is pid (sshd's per-connection processes)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(b")") + 2 :].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def settle(server, timeout=10):
+    """Wait until the sshd has no per-connection process left: the session, and its close hook, have ended."""
+    give_up = time.monotonic() + timeout
+    while children(server.proc.pid) and time.monotonic() < give_up:
+        time.sleep(0.01)
+    time.sleep(PAUSE)
+
+
+def run(quick=False, seed=1):
+    """Return the Rows of the SSH login benchmark."""
+    rounds = 2 if quick else 60
+    rng = random.Random(seed)  # noqa: S311 - reproducible orders, not secrets
+    work = tmpfs_dir("irb-login-")
+    users = Users([USER])
+    servers = {}
+    times = {label: [] for label in LABELS}
+    failures = []
+    try:
+        state_dir = os.path.join(work, "state")
+        servers["none"] = Sshd(users, state_dir, hook_line=False)
+        servers["pass"] = Sshd(users, state_dir, hook_line=PASS_LINE)
+        servers["ours"] = Sshd(users, state_dir, hook_line=True)
+        warmup = 0 if quick else 2
+        for i in range(rounds + warmup):
+            order = list(LABELS)
+            rng.shuffle(order)
+            for label in order:
+                server = servers[label]
+                done = run_timed(server.ssh_argv(USER, "true"))
+                if done.returncode != 0:
+                    failures.append(f"{label}: ssh exited {done.returncode}")
+                elif i >= warmup:
+                    times[label].append(done.seconds)
+                settle(server)
+        state = _read_state(state_dir)
+        leftover = len(state["leases"]) if state else None
+        recorded = sum(1 for r in (state or {}).get("closed", []) if r.get("end") == "hook")
+        if not state or leftover or not recorded:
+            failures.append(f"our hook's state is not as expected: {leftover} leases left, {recorded} closed kept")
+    finally:
+        for server in servers.values():
+            server.stop()
+        users.remove()
+        remove(work)
+    med = {label: stats.median(times[label]) for label in LABELS}
+    vs_pass = stats.ratio(med["ours"], med["pass"])
+    vs_none = stats.ratio(med["ours"], med["none"])
+    notes = []
+    if len(times["ours"]) > 2 and len(times["pass"]) > 2:
+        lo, hi = stats.bootstrap_ratio(times["ours"], times["pass"])
+        notes.append(
+            f"ours - python-pass hook = {stats.ms(med['ours'] - med['pass'], 1)} ms of the median login;"
+            f" 95% bootstrap interval of the ratio {lo:.3f}-{hi:.3f}"
+        )
+    notes.extend(failures[:5])
+    ours = f"{stats.spread(times['ours'])} ms"
+    return [
+        Row(
+            "1a",
+            "SSH login (`ssh ... true`), our hook",
+            f"pam_exec `python3 -I -c pass`: {stats.spread(times['pass'])} ms",
+            ours,
+            stats.fmt_ratio(vs_pass),
+            f"<= {TARGET}x",
+            met(vs_pass <= TARGET and not failures),
+            tuple(notes),
+        ),
+        Row(
+            "1b",
+            "SSH login (`ssh ... true`), our hook",
+            f"no hook: {stats.spread(times['none'])} ms",
+            ours,
+            stats.fmt_ratio(vs_none),
+            "report (a yaml+humanfriendly+filelock hook: 1.38x)",
+        ),
+    ]
+
+
+def _read_state(state_dir):
+    import json
+
+    try:
+        with open(os.path.join(state_dir, "state.json")) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,349 @@
+"""Rows 4 and 5: `idle-reaper reap` (one tick) and `idle-reaper status --json` with 0 to 10,000 leases.
+
+Measured as deployed: Debian's /usr/bin/python3 -I with Debian's python3-filelock 3.9, python3-yaml and
+python3-humanfriendly, running the reaper package of this checkout the way /usr/bin/idle-reaper does. The venv
+(the same interpreter with PyPI's filelock 4.x) is measured alongside for comparison. Each is compared with
+"interpreter start plus imports": the same interpreter importing what the command imports, and doing nothing.
+
+The leases are synthetic but of this boot and realistic: each names a real running process (one of the `sleep`s
+this benchmark starts) with its real start time, so the tick reads /proc for each as it would for an sshd
+monitor; their users, clients and keys vary, and the config ignores a user and a network, so the policy has work
+to do. The steady-state cases are what a timer tick meets all day: before timing, one tick has run on the state
+(learning the decision), and the state file is put back as it left it before every timed run, so nothing changes
+and nothing is written. Two variants show the rest: one in twenty leases stale (ended, and the file written, by
+every run), and real SSH sessions, each with its lease, that the tick must match to the state.
+
+It all runs in an empty network namespace (bench/netns.py), where the only SSH sessions are the benchmark's.
+The config has a far deadline and a marker-file action: nothing acts.
+"""
+
+import json
+import os
+import random
+import subprocess
+from dataclasses import dataclass, field
+
+from bench import REPO, SYSTEM_PYTHON, VENV_PYTHON, stats
+from bench.hookalone import fake_auth_info
+from bench.netns import empty_netns
+from bench.proc import Spawner, remove, tmpfs_dir
+from bench.table import Row, met
+from reaper import clock
+
+SIZES = (0, 100, 1000, 10000)
+QUICK_SIZES = (0, 10, 100, 1000)  # --quick: the same rows, smaller
+HELPERS = 100  # live processes the leases point at
+TARGET_REAP_S = 0.150
+TARGET_REAP_RSS_MB = 40
+TARGET_STATUS_S = 0.200
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+RUN_CLI = "import sys; sys.path.insert(0, {repo!r}); from reaper.cli import main; sys.exit(main())"
+IMPORTS = "import sys; sys.path.insert(0, {repo!r}); import {modules}"
+# What each command has imported by the time it is done (python -X importtime), imported and nothing done.
+REAP_MODULES = "reaper.cli, reaper.log, reaper.tick, filelock, syslog"
+STATUS_MODULES = "reaper.cli, reaper.log, reaper.status, json"
+SESSION_USER = "irb-scale"
+CONFIG = """\
+inactivity_duration: 1w
+min_session: 10s
+services: [sshd]
+ignore:
+  users: [probe]
+  networks: [10.0.0.0/8]
+action: ["/usr/bin/touch", "{marker}"]
+"""
+
+
+def start_ticks(pid):
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
+
+
+def synthetic_state(n, helpers, boot, now, stale_every=0, seed=4):
+    """Return a state (format 1) with n leases of this boot naming live helper processes.
+
+    With stale_every=k, every k-th lease is stale instead: half a pid that is gone, half a live pid whose start
+    time is another's (a reused pid).
+    """
+    rng = random.Random(seed)  # noqa: S311 - reproducible orders, not secrets
+    leases = []
+    for i in range(n):
+        user = "probe" if i % 10 == 0 else f"dev{i % 37}"
+        client = f"10.0.{(i >> 8) & 255}.{i & 255}" if i % 7 == 0 else f"192.168.{(i >> 8) & 255}.{i & 255}"
+        port = 1024 + i % 60000
+        pid, start = helpers[i % len(helpers)]
+        if stale_every and i % stale_every == stale_every - 1:
+            pid, start = (4_000_000 + i, start) if (i // stale_every) % 2 else (pid, start + 1)
+        key = fake_auth_info(i).split()[2][:43]
+        leases.append(
+            {
+                "user": user, "uid": 1000 + i % 37, "service": "sshd", "rhost": client, "tty": "ssh",
+                "conn": f"{client} {port} 192.0.2.1 22", "client": client, "client_port": port,
+                "server": "192.0.2.1", "server_port": 22, "key": f"SHA256:{key}", "pid": pid, "pid_start": start,
+                "opened": now - rng.uniform(60, 7200), "boot": boot, "source": "hook",
+            }
+        )  # fmt: skip
+    closed = []
+    for i in range(10):
+        record = dict(leases[i] if i < len(leases) else {"user": f"dev{i}", "service": "sshd", "boot": boot})
+        record.update(opened=now - 9000 + i * 60, closed=now - 8000 + i * 60, end="hook", pid=None)
+        closed.append(record)
+    return {"format": 1, "boot": boot, "leases": leases, "closed": closed, "lost": None, "reaper": {}}
+
+
+@dataclass
+class Case:
+    label: str
+    argv: list
+    state: bytes | None = None  # put back before each run
+    prime: bool = False  # run once untimed first, and put back what that run left
+    with_sessions: bool = False  # run where the real SSH sessions are (else in an empty network namespace)
+    times: list = field(default_factory=list)
+    rss: list = field(default_factory=list)
+    codes: list = field(default_factory=list)
+    error: str | None = None
+    sessions: int | None = None  # how many sessions `status --json` listed
+    json_out: bool = False
+
+
+def put_state(state_dir, data):
+    tmp = os.path.join(state_dir, "state.json.bench")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, os.path.join(state_dir, "state.json"))
+
+
+def state_dir_of(argv):
+    return argv[argv.index("--state-dir") + 1]
+
+
+def real_sessions(k, work):
+    """Start an sshd (with our hook) in this namespace and k SSH sessions held open; return (stop, leases)."""
+    from tests.integration.sshd import Sshd, Users
+
+    users = Users([SESSION_USER])
+    hook_dir = os.path.join(work, "hook-state")
+    server = None
+    try:
+        server = Sshd(users, hook_dir)
+        for _ in range(k):
+            server.start(SESSION_USER, "echo ready; exec cat", ready="ready")
+        with open(os.path.join(hook_dir, "state.json")) as f:
+            found = json.load(f)["leases"]
+    except BaseException:
+        if server:
+            server.stop()
+        users.remove()
+        raise
+
+    def stop():
+        server.stop()
+        wait_user_gone(SESSION_USER)
+        users.remove()
+
+    return stop, found
+
+
+def wait_user_gone(name, timeout=10):
+    """Wait until no process runs as the user (its sessions ended), so that userdel can remove it."""
+    import pwd
+    import time
+
+    uid = pwd.getpwnam(name).pw_uid
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        if not any(_uid_of(entry) == uid for entry in os.listdir("/proc") if entry.isdigit()):
+            return
+        time.sleep(0.05)
+
+
+def _uid_of(pid):
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def run(quick=False, seed=5):
+    """Return the Rows of the tick and status benchmarks."""
+    rounds = 1 if quick else 30
+    warmup = 0 if quick else 2
+    k = 1 if quick else 20
+    sizes = QUICK_SIZES if quick else SIZES
+    rng = random.Random(seed)  # noqa: S311 - reproducible orders, not secrets
+    work = tmpfs_dir("irb-scale-")
+    helpers = []
+    spawners = {}
+    stop_sessions = None
+    try:
+        for _ in range(HELPERS):
+            helpers.append(subprocess.Popen(["sleep", "infinity"], stdin=subprocess.DEVNULL))
+        pids = [(p.pid, start_ticks(p.pid)) for p in helpers]
+        with empty_netns():
+            spawners[False] = Spawner()
+        with empty_netns():
+            spawners[True] = Spawner()
+            stop_sessions, session_leases = real_sessions(k, work)
+        cases, marker = _cases(work, pids, session_leases, rng, sizes)
+        _measure(cases, spawners, rounds, warmup, rng, work)
+        acted = os.path.exists(marker)
+    finally:
+        if stop_sessions:
+            stop_sessions()
+        for spawner in spawners.values():
+            spawner.close()
+        for p in helpers:
+            p.kill()
+            p.wait()
+        remove(work)
+    return rows(cases, acted, k, sizes)
+
+
+def _cases(work, pids, session_leases, rng, sizes):
+    big = sizes[-1]
+    boot, now = clock.boot_key(), clock.now()
+    marker = os.path.join(work, "ACTED")
+    config = os.path.join(work, "config.yaml")
+    with open(config, "w") as f:
+        f.write(CONFIG.format(marker=marker))
+    steady = {n: json.dumps(synthetic_state(n, pids, boot, now)).encode() for n in sizes}
+    stale = json.dumps(synthetic_state(big, pids, boot, now, stale_every=20)).encode()
+    with_sessions = synthetic_state(big, pids, boot, now)
+    for lease in session_leases:  # each real session's lease, somewhere among the others
+        with_sessions["leases"].insert(rng.randrange(len(with_sessions["leases"]) + 1), lease)
+    with_sessions = json.dumps(with_sessions).encode()
+    cases = []
+
+    def add(label, argv_tail, python, state=None, prime=False, sessions=False, json_out=False):
+        state_dir = os.path.join(work, label.replace(" ", "-"))
+        os.mkdir(state_dir, 0o755)
+        cli = [python, "-I", "-c", RUN_CLI.format(repo=str(REPO)), "--config", config, "--state-dir", state_dir]
+        cases.append(Case(label, [*cli, *argv_tail], state, prime, sessions, json_out=json_out))
+
+    for python, tag in ((SYSTEM_PYTHON, "deb"), (VENV_PYTHON, "venv")):
+        for cmd, modules in (("reap", REAP_MODULES), ("status", STATUS_MODULES)):
+            imports = IMPORTS.format(repo=str(REPO), modules=modules)
+            cases.append(Case(f"{tag} {cmd} imports", [python, "-I", "-c", imports]))
+        for n in sizes if tag == "deb" else (0, big):
+            add(f"{tag} reap {n}", ["reap"], python, steady[n], prime=True)
+        add(f"{tag} status {big}", ["status", "--json"], python, steady[big], prime=True, json_out=True)
+    add(f"deb reap {big} stale", ["reap"], SYSTEM_PYTHON, stale)
+    add(f"deb reap {big} sessions", ["reap"], SYSTEM_PYTHON, with_sessions, prime=True, sessions=True)
+    return cases, marker
+
+
+def _measure(cases, spawners, rounds, warmup, rng, work):
+    out_path = os.path.join(work, "stdout")
+    err_path = os.path.join(work, "stderr")
+
+    def once(case):
+        if case.state is not None:
+            put_state(state_dir_of(case.argv), case.state)
+        spawner = spawners[case.with_sessions]
+        done = spawner.run(case.argv, env=ENV, cwd="/", stdout=out_path, stderr=err_path)
+        case.codes.append(done.returncode)
+        if done.returncode != 0 and case.error is None:
+            with open(err_path, errors="replace") as f:
+                case.error = f"{case.label} exited {done.returncode}: {f.read()[-300:].strip()}"
+        if case.json_out and case.sessions is None and done.returncode == 0:
+            with open(out_path) as f:
+                case.sessions = len(json.load(f)["sessions"])
+        return done
+
+    for case in cases:
+        if case.prime:  # one untimed tick learns the decision; later runs start from what it left
+            once(case)
+            with open(os.path.join(state_dir_of(case.argv), "state.json"), "rb") as f:
+                case.state = f.read()
+    for i in range(rounds + warmup):
+        order = list(cases)
+        rng.shuffle(order)
+        for case in order:
+            done = once(case)
+            if i >= warmup:
+                case.times.append(done.seconds)
+                case.rss.append(done.maxrss_kb)
+
+
+def rows(cases, acted, k, sizes):
+    big = sizes[-1]
+    by = {c.label: c for c in cases}
+
+    def fig(label):
+        return f"{stats.spread(by[label].times)} ms"
+
+    def rss(label):
+        return stats.median(by[label].rss) / 1024
+
+    def med(label):
+        return stats.median(by[label].times)
+
+    problems = [c.error for c in cases if c.error]
+    if acted:
+        problems.append("the marker action ran: a tick acted, which it must not with a far deadline")
+    out = []
+    base = med("deb reap imports")
+    for n in sizes:
+        label = f"deb reap {n}"
+        grow = "" if n == 0 else f"; +{stats.ms(med(label) - med('deb reap 0'), 1)} ms over 0 leases"
+        last = n == big
+        ok = med(label) <= TARGET_REAP_S and rss(label) <= TARGET_REAP_RSS_MB and not problems
+        out.append(
+            Row(
+                f"4{'abcd'[sizes.index(n)]}",
+                f"`idle-reaper reap`, one tick, {n:,} leases (deb)",
+                f"interpreter start + imports: {fig('deb reap imports')}" if n == 0 else "the same",
+                f"{fig(label)}, peak RSS {rss(label):.1f} MB{grow}",
+                stats.fmt_ratio(stats.ratio(med(label), base)),
+                f"<= {TARGET_REAP_S * 1000:.0f} ms, <= {TARGET_REAP_RSS_MB} MB" if last else "show the growth",
+                met(ok) if last else "-",
+                tuple(problems) if n == 0 else (),
+            )
+        )
+    for label, key, what in (
+        (f"deb reap {big} stale", "4e", f"{big:,} leases, 1 in 20 stale: ended and written each run (deb)"),
+        (f"deb reap {big} sessions", "4f", f"{big:,} leases + {k} real SSH session(s), each with its lease (deb)"),
+    ):
+        out.append(
+            Row(
+                key,
+                f"`idle-reaper reap`, {what}",
+                "the same",
+                f"{fig(label)}, peak RSS {rss(label):.1f} MB",
+                stats.fmt_ratio(stats.ratio(med(label), base)),
+                f"<= {TARGET_REAP_S * 1000:.0f} ms, <= {TARGET_REAP_RSS_MB} MB",
+                met(med(label) <= TARGET_REAP_S and rss(label) <= TARGET_REAP_RSS_MB),
+            )
+        )
+    vbase = med("venv reap imports")
+    for n in (0, big):
+        label = f"venv reap {n}"
+        out.append(
+            Row(
+                f"4{'gh'[n != 0]}",
+                f"`idle-reaper reap`, {n:,} leases (venv: PyPI filelock 4.x)",
+                f"venv interpreter start + imports: {fig('venv reap imports')}" if n == 0 else "the same",
+                f"{fig(label)}, peak RSS {rss(label):.1f} MB",
+                stats.fmt_ratio(stats.ratio(med(label), vbase)),
+                "comparison only",
+            )
+        )
+    label = f"deb status {big}"
+    out.append(
+        Row(
+            "5",
+            f"`idle-reaper status --json`, {big:,} leases (deb)",
+            f"interpreter start + imports: {fig('deb status imports')}",
+            f"{fig(label)}, peak RSS {rss(label):.1f} MB",
+            stats.fmt_ratio(stats.ratio(med(label), med("deb status imports"))),
+            f"<= {TARGET_STATUS_S * 1000:.0f} ms",
+            met(med(label) <= TARGET_STATUS_S and not by[label].error),
+            (
+                f"it listed {by[label].sessions} sessions;"
+                f" venv: {fig(f'venv status {big}')} (imports {fig('venv status imports')})",
+            ),
+        )
+    )
+    return out
