@@ -43,6 +43,9 @@ def loads(text):
         raise DecodeError(str(e)) from None
     except RecursionError:
         raise DecodeError("nested too deeply") from None
+    except SystemError:
+        # _json builds its error from json.decoder, which we keep unimported; it then fails this way instead.
+        raise DecodeError(f"not valid JSON after offset {start}") from None
     if text[end:].strip(_WHITESPACE):
         raise DecodeError(f"extra data at offset {end}")
     return value

@@ -45,3 +45,17 @@ def test_importing_it_does_not_import_re_or_json():
     )
     out = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_bad_json_raises_decode_error_even_with_json_never_imported():
+    """The hook never imports json; _json's own error path needs it, and fails differently without it."""
+    repo = str(pathlib.Path(__file__).parents[2])
+    texts = ["{corrupt", '{"a": x}', "[1,", "x", ""]
+    code = (
+        f"import sys; sys.path.insert(0, {repo!r}); from reaper import statejson\n"
+        f"for text in {texts!r}:\n"
+        "    try:\n        statejson.loads(text)\n    except statejson.DecodeError:\n        print('ok')\n"
+        "print('json' in sys.modules)"
+    )
+    out = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["ok"] * len(texts) + ["False"], out.stderr
