@@ -1,0 +1,266 @@
+"""The package's life in a debootstrapped bookworm root, as in an image build (no systemd running): install,
+reinstall, upgrade, remove, purge. And once on a booted systemd: a live install starts the timer, runs no reap.
+
+Each test gets its own overlay over the cached rootfs (tests/debroot.py), so each starts from a clean Debian.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests import debroot
+from tests.package.conftest import apt_install, put, sh
+
+HOOK = "/usr/share/idle-reaper/hooks/pam-session"
+HOOK_LINE = f"session\toptional\tpam_exec.so quiet /usr/bin/python3 -I {HOOK}"
+PAM_DIR = "etc/pam.d"
+UNITS = "/lib/systemd/system/idle-reaper.service /lib/systemd/system/idle-reaper.timer"
+TIMER_LINK = "etc/systemd/system/timers.target.wants/idle-reaper.timer"
+# What dpkg, apt and debconf keep for themselves (logs, caches, backups of their databases): not ours.
+BOOKKEEPING = ("var/log/", "var/cache/apt/", "var/lib/apt/", "var/lib/dpkg/status", "var/cache/debconf/")
+NOT_FILES = ("proc", "sys", "dev", "run", "tmp")
+LATE_INSTALL = 17  # seconds after boot
+
+
+def _pam_lines(root):
+    """Return {pam.d file: [lines that run the hook]}."""
+    found = {}
+    for path in sorted((root / PAM_DIR).iterdir()):
+        lines = [line for line in path.read_text().splitlines() if "idle-reaper" in line]
+        if lines:
+            found[path.name] = lines
+    return found
+
+
+def _snapshot(root):
+    """Return {path: (mode, content hash or link target)} for the whole tree but the API file systems."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel.split(os.sep)[0] in NOT_FILES:
+            dirnames[:] = []
+            continue
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                what = os.readlink(path)
+            elif os.path.isfile(path) and rel.split(os.sep)[0] in ("etc", "var"):
+                with open(path, "rb") as f:
+                    what = hashlib.sha256(f.read()).hexdigest()
+            else:
+                what = None
+            out[os.path.relpath(path, root)] = (st.st_mode, what)
+    return out
+
+
+def test_install_adds_the_hook_to_common_session_only(root, deb):
+    (path,) = put(root, deb)
+    sh(root, apt_install(path))
+    assert _pam_lines(root) == {"common-session": [HOOK_LINE]}
+
+
+def test_install_in_a_chroot_enables_the_timer_and_runs_no_reap(root, deb):
+    (path,) = put(root, deb)
+    # One run: nspawn gives /run a fresh tmpfs each time, and tmpfiles made the state dir in this one.
+    out = sh(
+        root, f"{apt_install(path)} >/dev/null; stat -c '%a %U %G' /run/idle-reaper; ls -A /run/idle-reaper"
+    ).stdout
+    assert out.splitlines() == ["755 root root"], "the state dir exists, empty: no tick ran"
+    assert (root / TIMER_LINK).resolve(strict=False).name == "idle-reaper.timer"
+    wants = [p.name for p in (root / "etc/systemd/system").rglob("idle-reaper*")]
+    assert wants == ["idle-reaper.timer"], "only the timer is enabled"
+
+
+def test_installed_commands_run_under_debian_python(root, deb):
+    (path,) = put(root, deb)
+    sh(root, apt_install(path))
+    out = sh(root, "idle-reaper --version; idle-reaper check-config; idle-reaper status; idle-reaper status --json")
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"idle-reaper {deb.version.split('+')[0]}"
+    assert lines[1] == "/etc/idle-reaper/config.yaml: ok (inactivity_duration off)"
+    assert lines[2].startswith("State:     disabled")
+    status = json.loads(out.stdout[out.stdout.index("{") :])
+    assert status["state"] == "disabled" and status["inactivity_duration"] is None and status["sessions"] == []
+    # Under Debian's own libraries (bookworm's filelock is 3.9, not PyPI's 4.x), byte-compiled at install.
+    libs = sh(root, "python3 -I -c 'import filelock, yaml; print(filelock.__version__, yaml.__file__)'").stdout.split()
+    assert libs[0].startswith("3.9.") and libs[1].startswith("/usr/lib/python3/dist-packages/"), libs
+    assert list((root / "usr/share/idle-reaper/reaper/__pycache__").glob("cli.cpython-311.pyc"))
+    man = sh(root, "test -f /usr/share/man/man8/idle-reaper.8.gz && echo ok")
+    assert man.stdout.strip() == "ok"
+
+
+def test_installed_hook_records_a_session_as_pam_exec_runs_it(root, deb):
+    (path,) = put(root, deb)
+    sh(root, apt_install(path))
+    # pam_exec's environment: no PATH, no HOME. The parent is this shell, not an sshd monitor: the hook still
+    # records the lease, which is what shows that it finds the private package as installed.
+    env = (
+        "env -i PAM_TYPE=open_session PAM_USER=root PAM_SERVICE=sshd PAM_RHOST=192.0.2.7 PAM_TTY=ssh"
+        " SSH_CONNECTION='192.0.2.7 40000 192.0.2.1 22'"
+    )
+    out = sh(
+        root,
+        f"{env} /usr/bin/python3 -I {HOOK}; echo rc=$?; cat /run/idle-reaper/state.json",
+    )
+    rc, state = out.stdout.split("\n", 1)
+    assert rc == "rc=0"
+    leases = json.loads(state)["leases"]
+    assert [(lease["user"], lease["service"], lease["rhost"]) for lease in leases] == [("root", "sshd", "192.0.2.7")]
+
+
+def test_units_verify_clean_as_installed(root, deb):
+    (path,) = put(root, deb)
+    sh(root, apt_install(path))
+    out = sh(
+        root, f"systemd-analyze verify --man=no {UNITS} 2>/var/tmp/verify.err; echo rc=$?; cat /var/tmp/verify.err"
+    )
+    assert out.stdout == "rc=0\n", out.stdout
+
+
+def test_reinstall_changes_nothing(root, deb):
+    (path,) = put(root, deb)
+    sh(root, apt_install(path))
+    before = _snapshot(root)
+    sh(root, f"apt-get install -y -q --reinstall {path}")
+    after = _snapshot(root)
+    changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p) and not p.startswith(BOOKKEEPING)}
+    # dpkg rewrites its own records and py3compile its byte code; nothing else moves.
+    changed = {p for p in changed if not p.startswith("var/lib/dpkg/") and "__pycache__" not in p}
+    assert changed == set()
+    assert _pam_lines(root) == {"common-session": [HOOK_LINE]}
+
+
+def test_upgrade_keeps_an_edited_config(root, deb, deb_upgrade):
+    old, new = put(root, deb, deb_upgrade)
+    sh(root, apt_install(old))
+    edited = "# ours\ninactivity_duration: 2h\nignore:\n  users: [dstack]\n"
+    (root / "etc/idle-reaper/config.yaml").write_text(edited)
+    out = sh(root, f"{apt_install(new)} </dev/null; dpkg-query -W -f '${{Version}}' idle-reaper")
+    assert out.stdout.splitlines()[-1] == deb_upgrade.version
+    assert (root / "etc/idle-reaper/config.yaml").read_text() == edited
+    assert not list((root / "etc/idle-reaper").glob("*.dpkg-*")), "the conffile did not change: no prompt, no copy"
+    assert _pam_lines(root) == {"common-session": [HOOK_LINE]}
+    assert (
+        sh(root, "idle-reaper check-config").stdout.strip()
+        == "/etc/idle-reaper/config.yaml: ok (inactivity_duration 7200)"
+    )
+    assert (root / TIMER_LINK).is_symlink()
+
+
+def test_remove_takes_the_hook_out_of_pam_and_keeps_the_config(root, deb):
+    (path,) = put(root, deb)
+    sh(root, apt_install(path))
+    (root / "etc/idle-reaper/config.yaml").write_text("inactivity_duration: 1h\n")
+    sh(root, "apt-get remove -y -q idle-reaper")
+    assert _pam_lines(root) == {}
+    assert (root / "etc/idle-reaper/config.yaml").read_text() == "inactivity_duration: 1h\n"
+    assert not (root / "usr/share/idle-reaper").exists()
+    assert not (root / "usr/bin/idle-reaper").exists()
+    status = sh(root, "dpkg-query -W -f '${db:Status-Abbrev}' idle-reaper").stdout
+    assert status.strip() == "rc"
+
+
+def test_purge_leaves_nothing_behind(root, deb):
+    (path,) = put(root, deb)
+    before = _snapshot(root)
+    # Install, use (the hook writes state), purge: all in one run, so /run is the same tmpfs throughout.
+    hook = f"env -i PAM_TYPE=open_session PAM_USER=root PAM_SERVICE=sshd /usr/bin/python3 -I {HOOK}"
+    script = f"{apt_install(path)} >/dev/null; {hook}; echo used $(ls /run/idle-reaper)"
+    out = sh(root, f"{script}; apt-get purge -y -q idle-reaper >/dev/null; echo left $(ls -A /run)").stdout
+    lines = dict(line.split(" ", 1) for line in out.splitlines() if line.startswith(("used ", "left ")))
+    assert "state.json" in lines["used"].split()
+    assert "idle-reaper" not in lines["left"].split()
+    after = _snapshot(root)
+    changed = {
+        p
+        for p in set(before) | set(after)
+        if before.get(p) != after.get(p) and not p.startswith(BOOKKEEPING) and p != "var/tmp/" + os.path.basename(path)
+    }
+    assert changed == set(), "purge left these (or changed them from before the install)"
+    assert sh(root, "dpkg -L idle-reaper", check=False).returncode != 0
+    assert "idle-reaper" not in sh(root, "dpkg-query -W -f '${Package}\\n'").stdout.split()
+    leftovers = sh(root, "grep -rl idle-reaper /etc /var/lib /usr /opt /srv || true").stdout.split()
+    assert leftovers == []
+
+
+def _boot(root):
+    """Boot root under systemd-nspawn; return (nspawn process, pid of its systemd). Waits for `running`."""
+    proc = subprocess.Popen(
+        ["systemd-nspawn", "-q", "-D", str(root), "-b", "--register=no", "--keep-unit", "--console=passive"],
+        env={"PATH": debroot.SYSTEM_PATH},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = subprocess.run(["pgrep", "-P", str(proc.pid), "-x", "systemd"], capture_output=True, text=True)
+        if found.stdout.split():
+            pid = found.stdout.split()[0]
+            state = _inside(pid, "systemctl is-system-running --wait", check=False).stdout.strip()
+            if state in ("running", "degraded"):
+                return proc, pid
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail("the container did not boot within 60 s")
+
+
+def _inside(pid, script, check=True):
+    done = subprocess.run(
+        ["nsenter", "-t", pid, "-a", "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "sh", "-euc", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check:
+        assert done.returncode == 0, f"{script}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def test_live_install_starts_the_timer_runs_no_reap_and_the_service_sees_the_hooks_boot(root, deb):
+    (path,) = put(root, deb)
+    # The rootfs enables sshd, which would listen on the host's port 22 (the container shares the network).
+    (root / "etc/systemd/system/ssh.service").symlink_to("/dev/null")
+    proc, pid = _boot(root)
+    booted = time.monotonic()
+    try:
+        # Install later than 15 s after boot, as on a machine that has been up a while: a timer with a first
+        # tick at OnBootSec=15s would elapse the moment the postinst starts it, and run a reap.
+        time.sleep(max(0.0, booted + LATE_INSTALL - time.monotonic()))
+        _inside(pid, f"DEBIAN_FRONTEND=noninteractive {apt_install(path)} >/dev/null; sleep 1")
+        show = _inside(
+            pid,
+            "systemctl show idle-reaper.service idle-reaper.timer"
+            " -p Id,ActiveState,UnitFileState,ExecMainStartTimestampMonotonic",
+        )
+        units = {}
+        for block in show.stdout.strip().split("\n\n"):
+            props = dict(line.split("=", 1) for line in block.splitlines())
+            units[props["Id"]] = props
+        timer, service = units["idle-reaper.timer"], units["idle-reaper.service"]
+        assert (timer["ActiveState"], timer["UnitFileState"]) == ("active", "enabled")
+        assert service["ActiveState"] == "inactive" and service["ExecMainStartTimestampMonotonic"] == "0"
+        assert _inside(pid, "journalctl -q -t idle-reaper --no-pager").stdout == ""
+        # A tick as the timer runs it works in the hardened unit, and its sandbox reads the boot id that the
+        # PAM hook reads in sshd's context (nspawn overlays it on /proc; a /proc remount would lose it).
+        dropin = root / "etc/systemd/system/idle-reaper.service.d"
+        dropin.mkdir(parents=True)
+        (dropin / "boot-id.conf").write_text(
+            "[Service]\nExecStartPre=/bin/sh -c 'cat /proc/sys/kernel/random/boot_id > /run/idle-reaper/seen-boot-id'\n"
+        )
+        _inside(pid, "systemctl daemon-reload; systemctl start idle-reaper.service")
+        seen = _inside(pid, "cat /run/idle-reaper/seen-boot-id /proc/sys/kernel/random/boot_id").stdout.split()
+        assert seen[0] == seen[1]
+        assert "disabled" in _inside(pid, "journalctl -q -t idle-reaper --no-pager -o cat").stdout
+    finally:
+        _inside(pid, "systemctl poweroff", check=False)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
