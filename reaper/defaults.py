@@ -12,8 +12,10 @@ DIR_MODE = 0o755
 STATE_MODE = 0o644
 LOCK_MODE = 0o600
 
-# The hook is on the login path: it gives up on the lock after this long and lets the login go on.
+# The open hook is on the login path: it gives up on the lock after this long and lets the login go on.
 HOOK_LOCK_TIMEOUT = 1.0
+# No login waits for the close hook (the client has gone), so it may wait longer rather than lose a close.
+HOOK_CLOSE_LOCK_TIMEOUT = 5.0
 # The reaper can wait a little longer, then it skips the tick.
 REAPER_LOCK_TIMEOUT = 2.0
 

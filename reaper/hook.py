@@ -106,15 +106,21 @@ def record(pam_type, env, state_dir):
     boot = clock.boot_key()
     lease = lease_from_env(env, now, boot)
     leases.ensure_dir(state_dir)
-    with leases.FlockLock(state_dir, defaults.HOOK_LOCK_TIMEOUT):
-        state = leases.current(leases.read_state(state_dir), boot)
-        if pam_type == "open_session":
-            leases.add_lease(state, lease)
-            what = "session opened"
-        else:
-            found = leases.close_lease(state, lease, now, "hook")
-            what = "session closed" if found else "session closed (its open was not recorded)"
-        leases.write_state(state_dir, state)
+    opening = pam_type == "open_session"
+    timeout = defaults.HOOK_LOCK_TIMEOUT if opening else defaults.HOOK_CLOSE_LOCK_TIMEOUT
+    what = "session opened" if opening else "session closed"
+    try:
+        with leases.FlockLock(state_dir, timeout):
+            state = leases.load(state_dir, boot)
+            if opening:
+                leases.add_lease(state, lease)
+            elif not leases.close_lease(state, lease, now, "hook"):
+                what += " (its open was not recorded)"
+            leases.commit(state_dir, state)
+    except (leases.LockTimeout, leases.StateError) as e:
+        # Don't lose the event: the next writer folds it in (and sets an unusable state file aside).
+        name = leases.write_pending(state_dir, "open" if opening else "close", lease, now)
+        what += f" (recorded in {name}: {e})"
     return (
         f"{what}: user {escape(lease['user'])} service {escape(lease['service'])}"
         f" from {escape(lease['rhost'])} ({escape(lease['conn'])}) pid {lease['pid']}"
@@ -136,8 +142,6 @@ def main(argv=None, environ=None):
         line = record(env.get("PAM_TYPE"), env, state_dir)
         if line:
             log(6, line)  # LOG_INFO
-    except leases.LockTimeout as e:
-        log(4, f"hook: {env.get('PAM_TYPE')} not recorded, gave up waiting for the lock: {e}")  # LOG_WARNING
     except BaseException as e:  # noqa: BLE001 - anything at all must not fail the login
         try:
             log(3, f"hook: {escape(env.get('PAM_TYPE'))} not recorded: {type(e).__name__}: {escape(e)}")  # LOG_ERR

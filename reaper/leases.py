@@ -2,19 +2,25 @@
 
 Writers hold an exclusive flock on the lock file; readers never lock, because every write is a temp file in
 the same directory, fsynced, then renamed over the old one. The PAM hook imports this on the login path,
-so it uses only os, fcntl, time and the `_json`-based codec.
+so it uses only os, fcntl, _signal and the `_json`-based codec.
+
+A hook that can't get the lock in time (a stuck holder, a machine under heavy load) doesn't lose its event:
+it writes it atomically to its own `pending.*.json` file, without the lock. The next writer folds pending
+events into the state under the lock, and readers fold them in memory. The state lists the pending files it
+already holds ("merged") until they are deleted, so no event is applied twice.
 
 Layout (format 1):
     {"format": 1, "boot": "<boot id>/<pid 1 start>",
      "leases": [lease, ...],           # sessions opened and not yet closed
      "closed": [lease + {"closed": t, "end": "hook"|"stale"}, ...],
      "lost": t or null,                # when earlier state was found unreadable and set aside
+     "merged": ["pending...json"],     # pending files already folded in, not yet deleted
      "reaper": {...}}                  # the reaper's memory between ticks
 """
 
+import _signal  # the C half of `signal`, loaded at interpreter start; `signal` itself imports enum
 import fcntl
 import os
-import time
 
 from reaper import defaults, statejson
 
@@ -41,8 +47,11 @@ def lock_path(state_dir):
     return os.path.join(state_dir, defaults.LOCK_FILE)
 
 
+PENDING_PREFIX = "pending."
+
+
 def empty_state(boot):
-    return {"format": FORMAT, "boot": boot, "leases": [], "closed": [], "lost": None, "reaper": {}}
+    return {"format": FORMAT, "boot": boot, "leases": [], "closed": [], "lost": None, "merged": [], "reaper": {}}
 
 
 def clip(value):
@@ -89,31 +98,34 @@ def _check_shape(state):
         if not isinstance(records, list):
             raise StateError(f"'{key}' is not a list")
         for i, r in enumerate(records):
-            if not isinstance(r, dict):
-                raise StateError(f"{key}[{i}] is not an object")
-            for field, value in r.items():
-                if not _type_ok(value, _FIELDS.get(field, _STR)):
-                    raise StateError(f"{key}[{i}].{field} is {type(value).__name__}, not {_FIELDS.get(field, _STR)}")
+            _check_record(r, f"{key}[{i}]")
             if key == "closed" and r.get("closed") is None:
                 raise StateError(f"closed[{i}] has no 'closed' time")
     if not _type_ok(state.get("lost"), _NUM):
         raise StateError("'lost' is not a number")
+    merged = state.setdefault("merged", [])
+    if not isinstance(merged, list) or not all(isinstance(n, str) for n in merged):
+        raise StateError("'merged' is not a list of names")
     if not isinstance(state.get("reaper", {}), dict):
         raise StateError("'reaper' is not an object")
     state.setdefault("reaper", {})
     return state
 
 
-def read_state(state_dir):
-    """Given the state dir, return the state, or None if there is no state file (normal after boot).
+def _check_record(r, where):
+    if not isinstance(r, dict):
+        raise StateError(f"{where} is not an object")
+    for field, value in r.items():
+        if not _type_ok(value, _FIELDS.get(field, _STR)):
+            raise StateError(f"{where}.{field} is {type(value).__name__}, not {_FIELDS.get(field, _STR)}")
 
-    Never locks. Raise StateError if the file is there but unusable.
-    """
-    path = state_path(state_dir)
+
+def _read_json(path):
+    """Return the parsed JSON of a regular file. Raise StateError if it can't be opened, read or parsed."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
-        return None
+        raise
     except OSError as e:
         raise StateError(f"{path}: cannot open: {e.strerror}") from None
     try:
@@ -131,10 +143,23 @@ def read_state(state_dir):
     finally:
         os.close(fd)
     try:
-        text = b"".join(chunks).decode("ascii")
-        return _check_shape(statejson.loads(text))
+        return statejson.loads(b"".join(chunks).decode("ascii"))
     except (UnicodeDecodeError, statejson.DecodeError) as e:
         raise StateError(f"{path}: not valid JSON: {e}") from None
+
+
+def read_state(state_dir):
+    """Given the state dir, return the state, or None if there is no state file (normal after boot).
+
+    Never locks. Raise StateError if the file is there but unusable.
+    """
+    path = state_path(state_dir)
+    try:
+        value = _read_json(path)
+    except FileNotFoundError:
+        return None
+    try:
+        return _check_shape(value)
     except StateError as e:
         raise StateError(f"{path}: {e}") from None
 
@@ -176,10 +201,20 @@ def open_lock_file(state_dir):
     return fd
 
 
+class _Expired(Exception):
+    pass
+
+
+def _expire(signum, frame):
+    raise _Expired
+
+
 class FlockLock:
     """A plain flock on the lock file: the same lock filelock takes, without importing filelock.
 
-    The hook uses it on the login path; the reaper takes the same lock through filelock.
+    The hook uses it; the reaper takes the same lock through filelock. It blocks in flock() itself, bounded by
+    a SIGALRM timer, so a released lock passes straight to the next waiter: polling with sleeps made 50 logins
+    at once queue up behind idle gaps. Main thread only (signals).
     """
 
     def __init__(self, state_dir, timeout):
@@ -189,20 +224,29 @@ class FlockLock:
 
     def __enter__(self):
         fd = open_lock_file(self.state_dir)
-        deadline = time.monotonic() + self.timeout
-        delay = 0.001
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise LockTimeout(f"{lock_path(self.state_dir)} is held by another process") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.02)
+        try:
+            self._wait(fd)
+        except BaseException:
+            os.close(fd)  # if the timer fired just after flock() returned, this drops the lock again
+            raise
         self.fd = fd
         return self
+
+    def _wait(self, fd):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        previous = _signal.signal(_signal.SIGALRM, _expire)
+        try:
+            _signal.setitimer(_signal.ITIMER_REAL, self.timeout)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except _Expired:
+            raise LockTimeout(f"{lock_path(self.state_dir)} is held by another process") from None
+        finally:
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
+            _signal.signal(_signal.SIGALRM, previous)
 
     def __exit__(self, *exc):
         fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -212,8 +256,11 @@ class FlockLock:
 
 def write_state(state_dir, state):
     """Replace the state file atomically: temp file, fsync, rename. The caller holds the lock."""
-    data = statejson.dumps(state).encode("ascii")
-    final = state_path(state_dir)
+    _write_atomically(state_path(state_dir), state)
+
+
+def _write_atomically(final, value):
+    data = statejson.dumps(value).encode("ascii")
     tmp = f"{final}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, defaults.STATE_MODE)
     try:
@@ -230,15 +277,90 @@ def write_state(state_dir, state):
     os.rename(tmp, final)
 
 
-def remove_stale_temps(state_dir):
-    """Delete temp files left by writers killed mid-write. The caller holds the lock, so none is in use."""
+def remove_stale_temps(state_dir, now_wall):
+    """Delete temp files left by writers killed mid-write. The caller holds the lock, so no state temp file
+    is in use; a pending file's writer holds no lock, so its temp file goes only once it is a minute old.
+    """
     prefix = defaults.STATE_FILE + "."
     for name in os.listdir(state_dir):
-        if name.startswith(prefix) and name.endswith(".tmp"):
-            try:
-                os.unlink(os.path.join(state_dir, name))
-            except FileNotFoundError:
-                pass
+        if not name.endswith(".tmp"):
+            continue
+        path = os.path.join(state_dir, name)
+        try:
+            if name.startswith(prefix) or (name.startswith(PENDING_PREFIX) and now_wall - os.lstat(path).st_mtime > 60):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+# --- pending events: written without the lock when it can't be had in time ------------------------------
+
+
+def write_pending(state_dir, op, record, at):
+    """Record an "open" or "close" at CLOCK_BOOTTIME `at` in a file of its own, atomically, without the lock."""
+    name = f"{PENDING_PREFIX}{int(at * 1e9):020d}.{os.getpid()}.json"
+    _write_atomically(os.path.join(state_dir, name), {"format": FORMAT, "op": op, "at": at, "record": record})
+    return name
+
+
+def _read_pending(path):
+    event = _read_json(path)
+    if not isinstance(event, dict) or event.get("format") != FORMAT or event.get("op") not in ("open", "close"):
+        raise StateError(f"{path}: not a pending event of format {FORMAT}")
+    if not _type_ok(event.get("at"), _NUM) or event.get("at") is None:
+        raise StateError(f"{path}: no time")
+    _check_record(event.get("record"), f"{path}: record")
+    return event
+
+
+def merge_pending(state_dir, state):
+    """Fold pending events into `state` (in memory), oldest first, skipping those it already holds.
+
+    Return the names of every pending file whose event `state` now holds, for commit() to delete. Unusable
+    pending files are returned too (and so deleted by a writer): nothing can be made of them.
+    """
+    try:
+        names = sorted(n for n in os.listdir(state_dir) if n.startswith(PENDING_PREFIX) and n.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    held = set(state.get("merged") or ())
+    out = []
+    for name in names:
+        out.append(name)
+        if name in held:
+            continue
+        try:
+            event = _read_pending(os.path.join(state_dir, name))
+        except FileNotFoundError:
+            out.pop()  # a writer just folded and deleted it
+            continue
+        except StateError:
+            continue
+        record = event["record"]
+        if record.get("boot") != state["boot"]:
+            continue
+        if event["op"] == "open":
+            add_lease(state, record)
+        else:
+            close_lease(state, record, event["at"], "hook")
+    return out
+
+
+def load(state_dir, boot):
+    """The reader's view: this boot's state, pending events folded in. Raise StateError if unusable."""
+    state = current(read_state(state_dir), boot)
+    state["merged"] = merge_pending(state_dir, state)
+    return state
+
+
+def commit(state_dir, state):
+    """Write the state (caller holds the lock), then delete the pending files it now holds."""
+    write_state(state_dir, state)
+    for name in state.get("merged") or ():
+        try:
+            os.unlink(os.path.join(state_dir, name))
+        except FileNotFoundError:
+            pass
 
 
 def set_aside(state_dir, why_time):

@@ -111,6 +111,7 @@ def observe(paths, cfg):
     try:
         raw, problem = leases.read_state(paths.state_dir), None
         state = leases.current(raw, boot)
+        state["merged"] = leases.merge_pending(paths.state_dir, state)
     except leases.StateError as e:
         raw, state, problem = None, None, f"state file unusable: {e}"
     evidence = live.gather(state["leases"] if state else [], paths.proc)
@@ -146,7 +147,8 @@ def evaluate(paths, cfg):
         state = leases.current(raw, boot)
         if problem:
             state["lost"] = now
-        leases.remove_stale_temps(paths.state_dir)
+        state["merged"] = leases.merge_pending(paths.state_dir, state)
+        leases.remove_stale_temps(paths.state_dir, time.time())
         evidence = live.gather(state["leases"], paths.proc)
         result = decision.decide(cfg, now, started, state, evidence, problem)
         changed = _end_stale(state, evidence, now)
@@ -159,17 +161,17 @@ def evaluate(paths, cfg):
             memory["last"], memory["since"] = key, now
             changed = True
         memory["tick"] = now
-        if changed or problem or raw is None:
-            leases.write_state(paths.state_dir, state)
+        if changed or problem or raw is None or state["merged"]:
+            leases.commit(paths.state_dir, state)
     return result
 
 
 def _record_action(paths, idle_since, when):
     with _StateLock(paths.state_dir, paths.proc):
-        state = leases.current(leases.read_state(paths.state_dir), clock.boot_key(paths.proc))
+        state = leases.load(paths.state_dir, clock.boot_key(paths.proc))
         state["reaper"]["acted_for"] = idle_since
         state["reaper"]["acted_at"] = when
-        leases.write_state(paths.state_dir, state)
+        leases.commit(paths.state_dir, state)
 
 
 def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):

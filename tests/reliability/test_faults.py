@@ -72,7 +72,7 @@ def test_an_unreadable_state_file_is_unknown_to_a_non_root_reader(require_root, 
     assert st["state"] == "unknown" and "Permission denied" in st["reason"]
 
 
-def test_a_stuck_lock_holder_delays_a_login_by_about_a_second_and_the_reaper_skips(
+def test_a_stuck_lock_holder_delays_a_login_by_about_a_second_the_reaper_skips_and_nothing_is_lost(
     require_root, config, state_dir, marker
 ):
     config(due_config(marker))
@@ -83,15 +83,16 @@ def test_a_stuck_lock_holder_delays_a_login_by_about_a_second_and_the_reaper_ski
          f"with leases.FlockLock({state_dir!r}, 1):\n print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    env = {"PAM_USER": "root", "PAM_SERVICE": "sshd", "SSH_CONNECTION": "127.0.0.1 1 127.0.0.1 22"}
+    hook = [SYSTEM_PYTHON, "-I", str(REPO / "hooks/pam-session"), "--state-dir", state_dir]
     try:
         assert holder.stdout.readline().strip() == "held"
-        env = {"PAM_TYPE": "open_session", "PAM_USER": "root", "PAM_SERVICE": "sshd",
-               "SSH_CONNECTION": "127.0.0.1 1 127.0.0.1 22"}  # fmt: skip
         start = time.monotonic()
-        hook = subprocess.run([SYSTEM_PYTHON, "-I", str(REPO / "hooks/pam-session"), "--state-dir", state_dir],
-                              env=env, capture_output=True, timeout=10)  # fmt: skip
+        opened = subprocess.run(hook, env={**env, "PAM_TYPE": "open_session"}, capture_output=True, timeout=10)
         took = time.monotonic() - start
-        assert hook.returncode == 0 and took < 1.5, took
+        assert opened.returncode == 0 and took < 1.5, took
+        st = status(config.path, state_dir)
+        assert st["state"] == "active" and st["sessions"][0]["user"] == "root", "the login was recorded anyway"
         done = idle_reaper(config.path, state_dir, "reap")
         assert done.returncode == 4
         assert "skipping this tick" in done.stderr and f"held by pid {holder.pid}" in done.stderr
@@ -100,7 +101,13 @@ def test_a_stuck_lock_holder_delays_a_login_by_about_a_second_and_the_reaper_ski
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert idle_reaper(config.path, state_dir, "reap").returncode == 0
-    assert os.path.exists(marker), "once the lock is free the due action runs"
+    assert not os.path.exists(marker), "the session (this test process is its parent) is still open"
+    assert leases.read_state(state_dir)["leases"][0]["user"] == "root"
+    assert not [n for n in os.listdir(state_dir) if n.startswith("pending.")], "folded into the state"
+    closed = subprocess.run(hook, env={**env, "PAM_TYPE": "close_session"}, capture_output=True, timeout=10)
+    assert closed.returncode == 0
+    assert idle_reaper(config.path, state_dir, "reap", "--wait", "5").returncode == 0
+    assert os.path.exists(marker), "once the session closed and the lock is free, the due action runs"
 
 
 def run_with_wall_clock_shift(config, state_dir, shift):

@@ -191,8 +191,15 @@ def test_stale_temp_files_are_removed(state_dir):
     junk = os.path.join(state_dir, "state.json.999.tmp")
     with open(junk, "w") as f:
         f.write("{")
-    leases.remove_stale_temps(state_dir)
-    assert not os.path.exists(junk)
+    young_pending = os.path.join(state_dir, "pending.00000000000000000001.5.json.9.tmp")
+    old_pending = os.path.join(state_dir, "pending.00000000000000000002.6.json.9.tmp")
+    for path in (young_pending, old_pending):
+        with open(path, "w") as f:
+            f.write("{")
+    os.utime(old_pending, (time.time() - 120, time.time() - 120))
+    leases.remove_stale_temps(state_dir, time.time())
+    assert not os.path.exists(junk) and not os.path.exists(old_pending)
+    assert os.path.exists(young_pending), "a lock-free pending writer may still be writing it"
 
 
 def test_set_aside_keeps_the_bad_file_and_bounds_how_many(state_dir):
@@ -266,3 +273,86 @@ def test_a_record_field_of_the_wrong_type_makes_the_file_unusable(state_dir, fie
         f.write(statejson.dumps(st))
     with pytest.raises(leases.StateError, match=rf"closed\[0\]\.{field} is"):
         leases.read_state(state_dir)
+
+
+# --- pending events: written without the lock, folded in exactly once ---------------------------------------
+
+
+def test_a_pending_open_is_seen_by_readers_and_folded_in_by_the_next_writer(state_dir):
+    name = leases.write_pending(state_dir, "open", lease(pid=1), 10.0)
+    assert stat.S_IMODE(os.stat(os.path.join(state_dir, name)).st_mode) == 0o644
+    assert [x["pid"] for x in leases.load(state_dir, BOOT)["leases"]] == [1]
+    assert os.path.exists(os.path.join(state_dir, name)), "readers change nothing"
+    with leases.FlockLock(state_dir, 1):
+        state = leases.load(state_dir, BOOT)
+        leases.add_lease(state, lease(pid=2))
+        leases.commit(state_dir, state)
+    assert not os.path.exists(os.path.join(state_dir, name))
+    assert [x["pid"] for x in leases.read_state(state_dir)["leases"]] == [1, 2]
+
+
+def test_pending_events_apply_in_time_order(state_dir):
+    leases.write_pending(state_dir, "close", lease(pid=1), 20.0)
+    leases.write_pending(state_dir, "open", lease(pid=1), 10.0)
+    state = leases.load(state_dir, BOOT)
+    assert state["leases"] == [] and state["closed"][0]["opened"] == 10.0 and state["closed"][0]["closed"] == 20.0
+
+
+def test_a_writer_killed_before_deleting_pending_files_does_not_apply_them_twice(state_dir):
+    name = leases.write_pending(state_dir, "open", lease(pid=1), 10.0)
+    with leases.FlockLock(state_dir, 1):
+        state = leases.load(state_dir, BOOT)
+        leases.write_state(state_dir, state)  # as commit() does, but killed before the deletes
+    assert os.path.exists(os.path.join(state_dir, name))
+    assert len(leases.load(state_dir, BOOT)["leases"]) == 1, "a reader must not count it twice"
+    with leases.FlockLock(state_dir, 1):
+        state = leases.load(state_dir, BOOT)
+        leases.commit(state_dir, state)
+    assert len(leases.read_state(state_dir)["leases"]) == 1 and not os.path.exists(os.path.join(state_dir, name))
+    with leases.FlockLock(state_dir, 1):
+        leases.commit(state_dir, leases.load(state_dir, BOOT))
+    assert leases.read_state(state_dir)["merged"] == []
+
+
+def test_pending_events_of_another_boot_or_unusable_are_dropped(state_dir):
+    leases.write_pending(state_dir, "open", lease(pid=1, boot="other/1"), 10.0)
+    with open(os.path.join(state_dir, "pending.00000000000000000005.1.json"), "w") as f:
+        f.write("{nope")
+    with leases.FlockLock(state_dir, 1):
+        state = leases.load(state_dir, BOOT)
+        assert state["leases"] == [] and len(state["merged"]) == 2
+        leases.commit(state_dir, state)
+    assert not [n for n in os.listdir(state_dir) if n.startswith("pending.")]
+
+
+def test_the_hook_records_a_pending_event_when_the_lock_is_busy(state_dir):
+    import subprocess
+
+    from tests.conftest import HOOK, SYSTEM_PYTHON
+
+    env = {"PAM_TYPE": "open_session", "PAM_USER": "root", "PAM_SERVICE": "sshd",
+           "SSH_CONNECTION": "127.0.0.1 5 127.0.0.1 22"}  # fmt: skip
+    with filelock.FileLock(leases.lock_path(state_dir), timeout=1):
+        start = time.monotonic()
+        subprocess.run([SYSTEM_PYTHON, "-I", str(HOOK), "--state-dir", state_dir], env=env, check=True)
+        assert time.monotonic() - start < 2.0
+        assert [n for n in os.listdir(state_dir) if n.startswith("pending.")]
+    (found,) = leases.load(state_dir, leases.read_state(state_dir)["boot"] if leases.read_state(state_dir) else
+                           __import__("reaper.clock").clock.boot_key())["leases"]  # fmt: skip
+    assert found["client_port"] == 5
+
+
+def test_the_hook_records_a_pending_event_when_the_state_is_unusable(state_dir):
+    import subprocess
+
+    from reaper import clock
+    from tests.conftest import HOOK, SYSTEM_PYTHON
+
+    with open(leases.state_path(state_dir), "w") as f:
+        f.write("{corrupt")
+    env = {"PAM_TYPE": "open_session", "PAM_USER": "root", "PAM_SERVICE": "sshd"}
+    subprocess.run([SYSTEM_PYTHON, "-I", str(HOOK), "--state-dir", state_dir], env=env, check=True)
+    with open(leases.state_path(state_dir)) as f:
+        assert f.read() == "{corrupt", "the hook leaves the unusable file for the reaper to set aside"
+    os.rename(leases.state_path(state_dir), leases.state_path(state_dir) + ".bad-1")
+    assert len(leases.load(state_dir, clock.boot_key())["leases"]) == 1
