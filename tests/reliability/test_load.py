@@ -107,10 +107,12 @@ def test_writers_sigkilled_at_random_moments_never_corrupt_the_state(require_roo
     big = leases.empty_state(boot)
     me, my_start = os.getpid(), clock.process_start_ticks(os.getpid())
     for i in range(3000):
-        big["leases"].append({"user": "root", "uid": 0, "service": "sshd", "rhost": "127.0.0.1", "tty": "ssh",
-                              "conn": f"127.0.0.1 {i} 127.0.0.1 22", "client": "127.0.0.1", "client_port": i,
-                              "server": "127.0.0.1", "server_port": 22, "key": None, "pid": me,
-                              "pid_start": my_start, "opened": clock.now(), "boot": boot, "source": "hook"})  # fmt: skip
+        big["leases"].append(
+            {"user": "root", "uid": 0, "service": "sshd", "rhost": "127.0.0.1", "tty": "ssh",
+             "conn": f"127.0.0.1 {i} 127.0.0.1 22", "client": "127.0.0.1", "client_port": i, "server": "127.0.0.1",
+             "server_port": 22, "key": None, "pid": me, "pid_start": my_start, "opened": clock.now(), "boot": boot,
+             "source": "hook"}
+        )  # fmt: skip
     leases.ensure_dir(state_dir)
     with leases.FlockLock(state_dir, 1):
         leases.write_state(state_dir, big)
