@@ -16,13 +16,14 @@ APT_PACKAGES := python3 python3-venv python3-yaml python3-filelock python3-human
 	debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject dpkg-dev fakeroot lintian \
 	hyperfine
 
-.PHONY: help deps venv lint test test-unit test-integration deb demo bench clean
+.PHONY: help deps venv lint test test-unit test-integration reliability deb demo bench clean
 
 help:
 	@echo "make demo   boot a throwaway Debian with the package, connect, disconnect, watch it power off"
 	@echo "make test   install what the tests need, lint, run every test tier"
 	@echo "make deb    build the Debian package into dist/"
 	@echo "make bench  measure login overhead, tick cost and deadline precision (see BENCHMARKS.md)"
+	@echo "make reliability  the fault and load suite at full counts (see RELIABILITY.md)"
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -44,14 +45,21 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Tiers, fastest first: logic, then a real sshd and PAM stack, faults and load, the package, a booted systemd.
+TIERS := tests/unit tests/integration tests/reliability tests/package tests/system
+
 test: deps venv lint
-	$(VPY) -m pytest tests
+	$(VPY) -m pytest $(TIERS)
 
 test-unit: venv
 	$(VPY) -m pytest tests/unit
 
 test-integration: deps venv
 	$(VPY) -m pytest tests/integration
+
+# The fault and load suite at the full counts RELIABILITY.md reports (make test runs smaller ones).
+reliability: deps venv
+	IDLE_REAPER_FULL=1 $(VPY) -m pytest -v tests/reliability
 
 deb: deps
 	packaging/build-deb dist
