@@ -64,10 +64,11 @@ def clip(value):
 # --- reading --------------------------------------------------------------------------------------------
 
 
-_STR = "text"
-_INT = "int"
-_NUM = "number"
-# Every field of a record and its type; any may also be null, except where REQUIRED says otherwise.
+_STR = (str, type(None))
+_INT = (int, type(None))  # exact types: a bool is not an int here
+_NUM = (int, float, type(None))
+# Every field of a record and the exact types it may hold (all may be null). Checked on every read, so
+# a value of the wrong type makes the file unusable instead of breaking the code that meets it later.
 _FIELDS = {
     "user": _STR, "uid": _INT, "service": _STR, "rhost": _STR, "tty": _STR, "conn": _STR, "client": _STR,
     "client_port": _INT, "server": _STR, "server_port": _INT, "key": _STR, "pid": _INT, "pid_start": _INT,
@@ -76,13 +77,10 @@ _FIELDS = {
 
 
 def _type_ok(value, kind):
-    if value is None:
-        return True
-    if kind == _STR:
-        return isinstance(value, str)
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, int) if kind == _INT else isinstance(value, (int, float))
+    return type(value) in kind
+
+
+_KIND_NAME = {_STR: "text", _INT: "int", _NUM: "number"}
 
 
 def _check_shape(state):
@@ -113,11 +111,12 @@ def _check_shape(state):
 
 
 def _check_record(r, where):
-    if not isinstance(r, dict):
+    if type(r) is not dict:
         raise StateError(f"{where} is not an object")
     for field, value in r.items():
-        if not _type_ok(value, _FIELDS.get(field, _STR)):
-            raise StateError(f"{where}.{field} is {type(value).__name__}, not {_FIELDS.get(field, _STR)}")
+        kind = _FIELDS.get(field, _STR)
+        if type(value) not in kind:
+            raise StateError(f"{where}.{field} is {type(value).__name__}, not {_KIND_NAME[kind]}")
 
 
 def _read_json(path):

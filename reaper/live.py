@@ -55,11 +55,14 @@ def lease_tuple(lease):
     )
 
 
-def lease_live(lease, established, proc=defaults.PROC):
-    """True if the lease's monitor process is the same process still, or its connection is ESTABLISHED."""
+def lease_live(lease, established, proc=defaults.PROC, start_of=None):
+    """True if the lease's monitor process is the same process still, or its connection is ESTABLISHED.
+
+    `start_of(pid)` returns a process's start time; by default it reads /proc (gather() passes a cached one).
+    """
     pid, start = lease.get("pid"), lease.get("pid_start")
     if pid:
-        running = clock.process_start_ticks(pid, proc)
+        running = start_of(pid) if start_of else clock.process_start_ticks(pid, proc)
         # Without a recorded start time a reused pid can't be told apart; keeping it live is the safe side.
         if running is not None and (start is None or running == start):
             return True
@@ -122,7 +125,14 @@ def gather(leases, proc=defaults.PROC):
     """Given the leases, return the Evidence from the live system."""
     sockets = system.tcp_sockets(proc)
     established = system.established_tuples(sockets)
-    evidence = Evidence(established, [lease_live(lease, established, proc) for lease in leases])
+    starts = {}
+
+    def start_of(pid):
+        if pid not in starts:
+            starts[pid] = clock.process_start_ticks(pid, proc)
+        return starts[pid]
+
+    evidence = Evidence(established, [lease_live(lease, established, proc, start_of) for lease in leases])
     try:
         processes = system.sshd_processes(proc)
         evidence.sessions = ssh_sessions(

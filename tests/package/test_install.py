@@ -122,6 +122,18 @@ def test_units_verify_clean_as_installed(root, deb):
     assert out.stdout == "rc=0\n", out.stdout
 
 
+def test_config_written_before_the_install_is_kept_with_force_confold(root, deb):
+    # An image build that lays down its config first: without --force-confold, dpkg would ask about the conffile
+    # and, with no terminal, fail the install (README.md, "Install in a base image").
+    (path,) = put(root, deb)
+    (root / "etc/idle-reaper").mkdir()
+    (root / "etc/idle-reaper/config.yaml").write_text("inactivity_duration: 2h\n")
+    sh(root, f"apt-get install -y -q -o Dpkg::Options::=--force-confold {path} </dev/null")
+    assert (root / "etc/idle-reaper/config.yaml").read_text() == "inactivity_duration: 2h\n"
+    assert sorted(p.name for p in (root / "etc/idle-reaper").iterdir()) == ["config.yaml", "config.yaml.dpkg-dist"]
+    assert _pam_lines(root) == {"common-session": [HOOK_LINE]}
+
+
 def test_reinstall_changes_nothing(root, deb):
     (path,) = put(root, deb)
     sh(root, apt_install(path))
