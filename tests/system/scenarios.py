@@ -1,0 +1,231 @@
+"""The stories the system tests tell, each on its own booted machine. They run concurrently (tests/system/conftest.py).
+
+A scenario drives a machine through one story on the boot-relative clock and records what it saw: statuses read
+inside, whether the machine was still up at each point, and when it powered off against its deadline. It asserts
+only what it needs to go on (a login worked, a session showed up); the tests check the observations, so each test
+fails with its own message.
+
+The timer's first tick comes 15 s after boot (OnActiveSec=15s). With DURATION 20 s, a machine nobody uses is
+judged by that tick, which sleeps until the deadline.
+"""
+
+import time
+from types import SimpleNamespace
+
+from tests.system.harness import ACTION_LOG, now
+
+DURATION = 20  # inactivity_duration, seconds
+MIN_SESSION = 5  # min_session, seconds
+HOLD = DURATION + 10  # a session held longer than inactivity_duration
+# A stale lease (monitor SIGKILLed, then the client left) ends when a tick first sees it dead; ticks come once a
+# minute (OnUnitInactiveSec=60s), so that end can come up to this much after the client left.
+TICK_PERIOD = 60
+
+SCENARIOS = {}
+
+
+def scenario(fn):
+    SCENARIOS[fn.__name__] = fn
+    return fn
+
+
+def config(duration=f"{DURATION}s", min_session=f"{MIN_SESSION}s", extra=""):
+    return f"inactivity_duration: {duration}\nmin_session: {min_session}\n{extra}"
+
+
+def sleep_until(when):
+    time.sleep(max(0.0, when - now()))
+
+
+def session_of(status, user):
+    """Return the sessions of `user` in a status dict."""
+    return [s for s in status["sessions"] if s["user"] == user]
+
+
+def _hold_then_close(image, opener):
+    """Open a session with opener(machine), hold it HOLD seconds past the login, close it, watch the poweroff."""
+    r = SimpleNamespace()
+    with image.machine(config()) as m:
+        m.boot()
+        r.booted = m.booted
+        session = opener(m)
+        r.opened = now()
+        sleep_until(r.opened + MIN_SESSION + 1)
+        r.status_counted = m.status()
+        sleep_until(r.opened + HOLD - 1)
+        r.status_late = m.status()
+        r.up_before_close = m.running
+        r.boot_deadline = m.booted + DURATION  # long past by now: the session must have kept it up
+        session.close()
+        r.closed = session.closed_at
+        r.up_after_close = m.running
+        r.session_end = m.session_end("dev")
+        r.timing = m.wait_poweroff(r.session_end + DURATION)
+        r.journal = m.journal_text()
+    return r
+
+
+@scenario
+def nobody_connects(image):
+    """Boot and wait: the machine powers itself off DURATION after boot."""
+    r = SimpleNamespace()
+    with image.machine(config()) as m:
+        m.boot()
+        r.booted = m.booted
+        sleep_until(m.booted + 5)
+        r.status = m.status()
+        r.status_at = now()
+        r.timing = m.wait_poweroff(m.booted + DURATION)
+        r.journal = m.journal_text()
+    return r
+
+
+@scenario
+def shell_session_held(image):
+    return _hold_then_close(image, lambda m: m.ssh("dev"))
+
+
+@scenario
+def forward_only_held(image):
+    return _hold_then_close(image, lambda m: m.forward("dev"))
+
+
+@scenario
+def control_master_held(image):
+    return _hold_then_close(image, lambda m: m.control_master("dev", channels=3))
+
+
+@scenario
+def turned_off(image):
+    """`inactivity_duration: off`: nobody connects, and the machine stays up well past when it would act."""
+    r = SimpleNamespace()
+    with image.machine(config("off")) as m:
+        m.boot()
+        sleep_until(m.booted + 2 * DURATION + 5)
+        r.up = m.running
+        r.status = m.status()
+        r.journal = m.journal_text()
+        m.stop()
+        r.stopped_cleanly = m.returncode == 0
+    return r
+
+
+@scenario
+def shortened_in_place(image):
+    """Boot with 1h, then edit the config inside to DURATION: it powers off DURATION after boot, no restart."""
+    r = SimpleNamespace()
+    with image.machine(config("1h")) as m:
+        m.boot()
+        r.booted = m.booted
+        r.status_before = m.status()
+        sleep_until(m.booted + 2)
+        m.write_config(config())
+        r.status_after = m.status()
+        r.timing = m.wait_poweroff(m.booted + DURATION)
+        r.journal = m.journal_text()
+    return r
+
+
+@scenario
+def turned_off_in_place(image):
+    """Boot with 25s; while the first tick sleeps until the deadline, edit the config inside to off."""
+    duration = DURATION + 5
+    r = SimpleNamespace(duration=duration)
+    with image.machine(config(f"{duration}s")) as m:
+        m.boot()
+        sleep_until(m.booted + duration - 6)
+        tick = m.inside(["systemctl", "show", "-P", "ActiveState", "idle-reaper.service"])
+        r.tick_state_at_edit = tick.stdout.strip()
+        m.write_config(config("off"))
+        sleep_until(m.booted + duration + 15)
+        r.up = m.running
+        r.status = m.status()
+        r.journal = m.journal_text()
+        m.stop()
+    return r
+
+
+@scenario
+def ignored_user_connected(image):
+    """A session of an ignored account (the control plane's) stays open: the machine powers off anyway."""
+    r = SimpleNamespace()
+    with image.machine(config(extra="ignore:\n  users: [probe]\n")) as m:
+        m.boot()
+        probe = m.ssh("probe")
+        sleep_until(m.booted + MIN_SESSION + 3)
+        r.status = m.status()
+        r.timing = m.wait_poweroff(m.booted + DURATION)
+        probe.proc.wait(30)  # the poweroff cut it
+        r.probe_gone_at = now()
+        r.journal = m.journal_text()
+    return r
+
+
+@scenario
+def monitor_killed(image):
+    """SIGKILL the sshd monitor of a live session inside: the connection goes on and must keep the machine up."""
+    r = SimpleNamespace()
+    with image.machine(config()) as m:
+        m.boot()
+        session = m.ssh("dev")
+        opened = now()
+        sleep_until(opened + MIN_SESSION + 1)
+        (before,) = session_of(m.status(), "dev")
+        r.monitor = before["pid"]
+        r.kill = m.inside(["kill", "-KILL", str(r.monitor)], check=False)
+        r.killed_at = now()
+        r.monitor_gone = m.inside(["test", "-e", f"/proc/{r.monitor}"], check=False).returncode != 0
+        r.echo_after_kill = session.run("echo alive")
+        r.status_after_kill = m.status()
+        # Hold it past the boot deadline and past DURATION after the kill.
+        sleep_until(max(m.booted + DURATION, r.killed_at + DURATION) + 10)
+        r.echo_late = session.run("echo still alive")
+        r.status_late = m.status()
+        r.up_before_close = m.running
+        session.close()
+        r.closed = session.closed_at
+        # The close hook never runs now; a tick finds the lease dead and ends it then.
+        r.timing = m.wait_poweroff(r.closed + DURATION, late_limit=TICK_PERIOD + 15)
+        r.journal = m.journal_text()
+    return r
+
+
+@scenario
+def status_as_user(image):
+    """What a developer sees with `idle-reaper status` while connected, and after leaving, against what happens."""
+    r = SimpleNamespace()
+    with image.machine(config()) as m:
+        m.boot()
+        session = m.ssh("dev")
+        sleep_until(now() + MIN_SESSION + 1)
+        r.root_active = m.status()
+        r.user_active = m.status(user="dev")
+        r.user_text_in_session = session.run("idle-reaper status")
+        session.close()
+        r.session_end = m.session_end("dev")
+        sleep_until(r.session_end + 3)
+        r.user_idle_at = now()
+        r.user_idle = m.status(user="dev")
+        r.user_idle_text = m.status_text(user="dev")
+        r.timing = m.wait_poweroff(r.session_end + DURATION)
+        r.journal = m.journal_text()
+    return r
+
+
+# --- checks the tests share -----------------------------------------------------------------------------------
+
+LATE_OK = 3.0  # seconds from the deadline to the machine being gone: "not more than a few seconds late"
+CLOCK_SLACK = 0.02  # journal timestamps converted from CLOCK_MONOTONIC to CLOCK_BOOTTIME
+MEASURED = []  # (test, Poweroff): printed at the end of the run (conftest.py)
+
+
+def assert_powered_off_on_time(name, r):
+    """The machine powered itself off at its deadline: the action not before it, the machine gone soon after."""
+    MEASURED.append((name, r.timing))
+    t = r.timing
+    why = f"{t.describe()}\njournal of idle-reaper.service:\n{r.journal}"
+    assert t.exited_at is not None, f"it did not power off: {why}"
+    assert t.action_at is not None, f"no '{ACTION_LOG}' in the journal: {why}"
+    assert t.action_late >= -CLOCK_SLACK, f"it acted early: {why}"
+    assert t.late >= 0, f"it was gone early: {why}"
+    assert t.late <= LATE_OK, f"it powered off more than {LATE_OK}s late: {why}"
