@@ -261,6 +261,11 @@ def test_man_page_documents_every_key_exit_code_status_field_and_option():
         assert option in text, option
 
 
+def test_man_page_names_the_code_version():
+    (title,) = [line for line in MANPAGE.read_text().splitlines() if line.startswith(".TH ")]
+    assert f'"idle-reaper {reaper.__version__}"' in title
+
+
 def test_man_page_renders_without_warnings():
     done = subprocess.run(
         ["groff", "-man", "-Tutf8", "-ww", "-z", str(MANPAGE)],
