@@ -269,6 +269,9 @@ def test_live_install_starts_the_timer_runs_no_reap_and_the_service_sees_the_hoo
         seen = _inside(pid, "cat /run/idle-reaper/seen-boot-id /proc/sys/kernel/random/boot_id").stdout.split()
         assert seen[0] == seen[1]
         assert "disabled" in _inside(pid, "journalctl -q -t idle-reaper --no-pager -o cat").stdout
+        # The unit's UMask=0077 leaves the modes DESIGN.md gives, which the code sets itself.
+        modes = _inside(pid, "cd /run/idle-reaper && stat -c '%n %a %U' . state.json state.lock").stdout
+        assert modes.split("\n")[:3] == [". 755 root", "state.json 644 root", "state.lock 600 root"]
     finally:
         _inside(pid, "systemctl poweroff", check=False)
         try:
