@@ -85,6 +85,7 @@ def cached_rootfs(packages=PACKAGES):
         # Holding the lock, any build dir left over is from a process that died mid-build.
         for stale in CACHE_DIR.glob(".build-*"):
             shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(entry, ignore_errors=True)  # an entry without its rootfs is broken: build it again
         build = CACHE_DIR / f".build-{entry.name}-{os.getpid()}"
         try:
             _debootstrap(build / "rootfs", packages)
