@@ -59,7 +59,7 @@ test-integration: deps venv
 
 # The fault and load suite at the full counts RELIABILITY.md reports (make test runs smaller ones).
 reliability: deps venv
-	IDLE_REAPER_FULL=1 $(VPY) -m pytest -v tests/reliability
+	IDLE_REAPER_FULL=1 $(VPY) -m pytest -v -s tests/reliability
 
 deb: deps
 	packaging/build-deb dist
