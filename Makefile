@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 APT_PACKAGES := python3 python3-venv python3-yaml python3-filelock python3-humanfriendly \
 	openssh-server openssh-client pamtester iproute2 procps util-linux passwd \
 	debootstrap systemd-container systemd \
-	debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject dpkg-dev fakeroot lintian \
+	debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject dpkg-dev fakeroot lintian groff-base \
 	hyperfine
 
 .PHONY: help deps venv lint test test-unit test-integration reliability deb demo bench clean

@@ -135,12 +135,22 @@ def sshd_processes(proc=defaults.PROC):
 
 
 def socket_inodes(pid, proc=defaults.PROC):
-    """Return the inodes of the sockets a process holds. Raise PermissionError if we may not look."""
+    """Return the inodes of the sockets a process holds. Raise PermissionError if we may not look.
+
+    The system sshd's processes are not dumpable, so their /proc entries belong to root and CAP_SYS_PTRACE
+    opens them. A process whose entries belong to a user is one that user started (a program they named
+    sshd, say): root without CAP_DAC_READ_SEARCH can't list its fds, and it serves none of the system
+    sshd's connections, so it is passed over rather than left to block the check for good.
+    """
     inodes = set()
     try:
         names = os.listdir(f"{proc}/{pid}/fd")
     except FileNotFoundError:
         return inodes
+    except PermissionError:
+        if os.geteuid() == 0 and os.stat(f"{proc}/{pid}").st_uid != 0:
+            return inodes
+        raise
     for name in names:
         try:
             target = os.readlink(f"{proc}/{pid}/fd/{name}")

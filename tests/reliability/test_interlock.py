@@ -11,6 +11,7 @@ import time
 import pytest
 
 from reaper import leases
+from tests.conftest import REPO
 from tests.integration.sshd import Sshd, end, idle_reaper, status
 from tests.reliability.conftest import due_config
 
@@ -94,3 +95,31 @@ def test_an_ignored_users_unrecorded_session_does_not_block(require_root, users,
         end(client)
     finally:
         server.stop()
+
+
+def test_a_users_own_process_named_sshd_does_not_stop_the_check_for_good(require_root, users, config, state_dir,
+                                                                         workdir, marker):  # fmt: skip
+    """The unit keeps only CAP_SYS_PTRACE: no DAC override, so a user's own (dumpable) process is closed to it."""
+    import shutil
+    import subprocess
+
+    config(due_config(marker))
+    fake = os.path.join(workdir, "sshd")
+    shutil.copy("/bin/sleep", fake)
+    os.chmod(fake, 0o755)
+    # setpriv execs (runuser would fork, and killing it would leave the child running)
+    squatter = subprocess.Popen(["setpriv", "--reuid=irt-bob", "--regid=irt-bob", "--init-groups", fake, "60"])
+    try:
+        time.sleep(0.2)
+        from tests.integration.sshd import VENV_PYTHON
+
+        argv = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", VENV_PYTHON, "-m", "reaper",
+                "--config", config.path, "--state-dir", state_dir]  # fmt: skip
+        import json
+
+        done = subprocess.run([*argv, "status", "--json"], capture_output=True, text=True, check=True, cwd=REPO)
+        st = json.loads(done.stdout)
+        assert st["live_check"]["complete"], st["live_check"]
+    finally:
+        squatter.kill()
+        squatter.wait()
