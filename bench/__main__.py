@@ -51,8 +51,12 @@ def machine():
                 break
     with open("/etc/debian_version") as f:
         debian = f.read().strip()
-    dirty = _out(["git", "-C", str(REPO), "status", "--porcelain", "--", "reaper", "hooks"])
-    commit = _out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    if (REPO / ".git").exists():
+        dirty = _out(["git", "-C", str(REPO), "status", "--porcelain", "--", "reaper", "hooks"])
+        code = _out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+        code += " with uncommitted changes in reaper/ or hooks/" if dirty and dirty != "?" else ""
+    else:
+        code = f"{REPO} (not a git checkout)"
     return [
         f"date: {datetime.now(tz=UTC).isoformat(timespec='seconds')}",
         f"machine: {cpu}, {os.cpu_count()} cores, kernel {os.uname().release}, Debian {debian},"
@@ -61,7 +65,7 @@ def machine():
         f" yaml {_version(SYSTEM_PYTHON, 'yaml')}, humanfriendly {_version(SYSTEM_PYTHON, 'humanfriendly')}"
         f" (Debian); venv: filelock {_version(VENV_PYTHON, 'filelock')}, yaml {_version(VENV_PYTHON, 'yaml')} (PyPI)",
         f"{_out(['ssh', '-V'])}; {_out(['systemd-nspawn', '--version'])}",
-        f"code: {commit}" + (" with uncommitted changes in reaper/ or hooks/" if dirty and dirty != "?" else ""),
+        f"code: {code}",
     ]
 
 

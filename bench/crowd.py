@@ -61,7 +61,9 @@ def run(quick=False, seed=3):
     opens = {HOOK_SERVICE: [], NOOP_SERVICE: []}
     closes = {HOOK_SERVICE: [], NOOP_SERVICE: []}
     problems = []
+    pending = 0
     for r in results:
+        pending += r.get("pending", 0)
         opens[r["service"]].extend(r["open"])
         closes[r["service"]].extend(r["close"])
         problems.extend(r["problems"])
@@ -76,6 +78,7 @@ def run(quick=False, seed=3):
         f"p99 of the open: ours {stats.ms(p99)} ms, `python3 -I -c pass` {stats.ms(p99_pass)} ms;"
         f" close: ours median {stats.spread(closes[HOOK_SERVICE])} ms, p99 {stats.ms(close_p99)} ms",
         f"state checked after every phase of every round: {checked}",
+        f"pending files seen at those checks (events a hook wrote aside when the lock wait timed out): {pending}",
     ]
     return [
         Row(

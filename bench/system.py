@@ -11,6 +11,7 @@ an SSH session. Row 7: wake-ups while idle and far from the deadline: a machine 
 watched for some minutes; idle-reaper.service's starts are counted from its journal.
 """
 
+import json
 import threading
 import time
 import traceback
@@ -59,7 +60,7 @@ def deadline_run(image, name, duration, with_session):
             deadline = m.booted + duration
         timing = m.wait_poweroff(deadline, late_limit=90)
         if timing.exited_at is None:
-            tail = m.journal_text()[-1500:]
+            tail = "\n".join(str(e.get("MESSAGE")) for e in unit_journal(m))[-1500:] if m.running else ""
             raise AssertionError(f"{name}: {timing.describe()}\n{tail}")
         return timing
 
@@ -115,6 +116,17 @@ def _s(seconds):
     return f"{seconds:+.2f}"
 
 
+def unit_journal(m, unit="idle-reaper.service"):
+    """Return the journal entries of a unit in a running machine (dicts, as journalctl -o json gives them)."""
+    done = m.inside(["journalctl", "-u", unit, "-o", "json", "--no-pager"], check=False)
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def is_start(entry):
+    """True for systemd's "Starting idle-reaper.service..." entry: one per run of the service."""
+    return entry.get("MESSAGE_ID") == UNIT_STARTING and entry.get("_PID") == "1"
+
+
 def watch_idle(image, minutes):
     """Boot a machine with a far deadline, watch it `minutes` minutes; return (start times, timer properties)."""
     h = harness()
@@ -125,11 +137,7 @@ def watch_idle(image, minutes):
             ["systemctl", "show", "-p", "TimersMonotonic", "-p", "AccuracyUSec", "idle-reaper.timer"], check=False
         ).stdout.strip()
         offset = h.now() - time.clock_gettime(time.CLOCK_MONOTONIC)
-        starts = [
-            int(e["__MONOTONIC_TIMESTAMP"]) / 1e6 + offset
-            for e in m.journal("idle-reaper.service")
-            if e.get("MESSAGE_ID") == UNIT_STARTING
-        ]
+        starts = [int(e["__MONOTONIC_TIMESTAMP"]) / 1e6 + offset for e in unit_journal(m) if is_start(e)]
         up = m.running
         return sorted(starts), props, m.booted, up
 
