@@ -306,7 +306,7 @@ class Machine:
         if not self._mounted:
             self.prepare()
         self.console = open(self.dir / "console.log", "wb")  # noqa: SIM115 - closed in close()
-        self.cgroups = own_cgroups(self.name)
+        self.cgroups = own_cgroups(f"{self.name}-{uuid.uuid4().hex[:8]}")
         enter = "".join(f"echo $$ > {d}/cgroup.procs && " for d in self.cgroups)
         argv = ["systemd-nspawn", "-q", "-D", str(self.root), "-b", "--register=no", "--keep-unit"]
         self.proc = subprocess.Popen(
@@ -462,13 +462,18 @@ class Machine:
                 raise AssertionError(f"{self.name}: no close of {user}'s session in the state file: {state}")
             time.sleep(0.05)
 
-    def journal(self):
-        """Return the machine's journal entries about idle-reaper: its unit, the reaper's and the hook's lines."""
+    def journal(self, unit=None):
+        """Return the machine's journal entries (dicts, as journalctl -o json gives them).
+
+        By default everything about idle-reaper: its unit (systemd's lines too), the reaper's and the hook's lines;
+        with `unit`, that unit's entries only.
+        """
+        matches = JOURNAL_MATCHES if unit is None else ["-u", unit]
         if self.running:
-            done = self.inside(["journalctl", "-o", "json", "--no-pager", *JOURNAL_MATCHES], check=False)
+            done = self.inside(["journalctl", "-o", "json", "--no-pager", *matches], check=False)
         else:
             directory = str(self.root / "var/log/journal")
-            done = _run(["journalctl", "-D", directory, "-o", "json", "--no-pager", *JOURNAL_MATCHES])
+            done = _run(["journalctl", "-D", directory, "-o", "json", "--no-pager", *matches])
         return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
     def journal_text(self):

@@ -174,7 +174,9 @@ def monitor_killed(image):
         r.monitor = before["pid"]
         r.kill = m.inside(["kill", "-KILL", str(r.monitor)], check=False)
         r.killed_at = now()
-        r.monitor_gone = m.inside(["test", "-e", f"/proc/{r.monitor}"], check=False).returncode != 0
+        # gone once sshd has reaped it (a zombie still has its /proc entry)
+        gone = f"for i in $(seq 100); do [ -e /proc/{r.monitor} ] || exit 0; sleep 0.05; done; exit 1"
+        r.monitor_gone = m.inside(["sh", "-c", gone], check=False).returncode == 0
         r.echo_after_kill = session.run("echo alive")
         r.status_after_kill = m.status()
         # Hold it past the boot deadline and past DURATION after the kill.
