@@ -5,13 +5,14 @@ python3-humanfriendly, running the reaper package of this checkout the way /usr/
 (the same interpreter with PyPI's filelock 4.x) is measured alongside for comparison. Each is compared with
 "interpreter start plus imports": the same interpreter importing what the command imports, and doing nothing.
 
-The leases are synthetic but of this boot and realistic: each names a real running process (one of the `sleep`s
-this benchmark starts) with its real start time, so the tick reads /proc for each as it would for an sshd
-monitor; their users, clients and keys vary, and the config ignores a user and a network, so the policy has work
-to do. The steady-state cases are what a timer tick meets all day: before timing, one tick has run on the state
-(learning the decision), and the state file is put back as it left it before every timed run, so nothing changes
-and nothing is written. Two variants show the rest: one in twenty leases stale (ended, and the file written, by
-every run), and real SSH sessions, each with its lease, that the tick must match to the state.
+The leases are synthetic but of this boot and realistic. Each names a live task of its own (a thread of a
+holder process this benchmark starts: each has its own pid, /proc/PID/stat and start time) with its real start
+time, so the tick reads /proc for each as it would for each session's sshd monitor. Their users, clients and
+keys vary, and the config ignores a user and a network, so the policy has work to do. The steady-state cases
+are what a timer tick meets all day: before timing, one tick has run on the state (learning the decision), and
+the state file is put back as it left it before every timed run, so nothing changes and nothing is written.
+Two variants show the rest: one in twenty leases stale (ended, and the file written, by every run), and real SSH
+sessions, each with its lease, that the tick must match to the state.
 
 It all runs in an empty network namespace (bench/netns.py), where the only SSH sessions are the benchmark's.
 The config has a far deadline and a marker-file action: nothing acts.
@@ -32,7 +33,19 @@ from reaper import clock
 
 SIZES = (0, 100, 1000, 10000)
 QUICK_SIZES = (0, 10, 100, 1000)  # --quick: the same rows, smaller
-HELPERS = 100  # live processes the leases point at
+# One live task per lease: a process holding that many threads. Each thread has its own pid (tid), its own
+# /proc/PID/stat and its own start time, as each session's sshd monitor would.
+HOLDER = """
+import sys, threading
+threading.stack_size(1 << 16)
+ready = threading.Event()
+tasks = [threading.Thread(target=ready.wait, daemon=True) for _ in range(int(sys.argv[1]))]
+for t in tasks:
+    t.start()
+sys.stdout.write(" ".join(str(t.native_id) for t in tasks) + "\\n")
+sys.stdout.flush()
+sys.stdin.read()
+"""
 TARGET_REAP_S = 0.150
 TARGET_REAP_RSS_MB = 40
 TARGET_STATUS_S = 0.200
@@ -60,8 +73,31 @@ def start_ticks(pid):
     return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
 
+class Tasks:
+    """n live tasks (threads of one holder process): [(pid, start ticks)], ended by close()."""
+
+    def __init__(self, n):
+        self.proc = subprocess.Popen(
+            [SYSTEM_PYTHON, "-I", "-c", HOLDER, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        line = self.proc.stdout.readline()
+        if not line:
+            self.close()
+            raise RuntimeError(f"the holder of {n} tasks did not start")
+        self.pids = [(int(tid), start_ticks(int(tid))) for tid in line.split()]
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 def synthetic_state(n, helpers, boot, now, stale_every=0, seed=4):
-    """Return a state (format 1) with n leases of this boot naming live helper processes.
+    """Return a state (format 1) with n leases of this boot, the i-th naming the live task helpers[i].
 
     With stale_every=k, every k-th lease is stale instead: half a pid that is gone, half a live pid whose start
     time is another's (a reused pid).
@@ -74,7 +110,7 @@ def synthetic_state(n, helpers, boot, now, stale_every=0, seed=4):
         port = 1024 + i % 60000
         pid, start = helpers[i % len(helpers)]
         if stale_every and i % stale_every == stale_every - 1:
-            pid, start = (4_000_000 + i, start) if (i // stale_every) % 2 else (pid, start + 1)
+            pid, start = (4_000_000 + i, start) if (i // stale_every) % 2 else (pid, start + 1)  # gone, reused
         key = fake_auth_info(i).split()[2][:43]
         leases.append(
             {
@@ -174,13 +210,12 @@ def run(quick=False, seed=5):
     sizes = QUICK_SIZES if quick else SIZES
     rng = random.Random(seed)  # noqa: S311 - reproducible orders, not secrets
     work = tmpfs_dir("irb-scale-")
-    helpers = []
+    tasks = None
     spawners = {}
     stop_sessions = None
     try:
-        for _ in range(HELPERS):
-            helpers.append(subprocess.Popen(["sleep", "infinity"], stdin=subprocess.DEVNULL))
-        pids = [(p.pid, start_ticks(p.pid)) for p in helpers]
+        tasks = Tasks(sizes[-1])
+        pids = tasks.pids
         with empty_netns():
             spawners[False] = Spawner()
         with empty_netns():
@@ -194,9 +229,8 @@ def run(quick=False, seed=5):
             stop_sessions()
         for spawner in spawners.values():
             spawner.close()
-        for p in helpers:
-            p.kill()
-            p.wait()
+        if tasks:
+            tasks.close()
         remove(work)
     return rows(cases, acted, k, sizes)
 
