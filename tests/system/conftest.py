@@ -65,8 +65,11 @@ class Runner:
 
 
 @pytest.fixture(scope="session")
-def system(request):
-    """The Runner, with the scenarios of every selected system test already started."""
+def system(request, tmp_path_factory):
+    """The Runner, with the scenarios of every selected system test already started.
+
+    The machines get the .deb built from this tree (packaging/build-deb), or $IDLE_REAPER_DEB if set.
+    """
     if os.geteuid() != 0:
         pytest.fail("the system tier needs root (it boots machines with systemd-nspawn); run as root")
     names = []
@@ -74,7 +77,8 @@ def system(request):
         marker = item.get_closest_marker("scenario")
         if marker and marker.args[0] not in names:
             names.append(marker.args[0])
-    with harness.Image.build() as image:
+    deb = os.environ.get(harness.DEB_ENV) or harness.build_deb(tmp_path_factory.mktemp("deb"))
+    with harness.Image.build(deb) as image:
         runner = Runner(image)
         for name in names:
             runner.start(name)

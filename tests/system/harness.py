@@ -14,6 +14,7 @@ every decision of the reaper uses, is the same clock on both sides: the harness 
 in it. Deadline-precision benchmarks (issue 6) import this module too.
 """
 
+import atexit
 import contextlib
 import json
 import os
@@ -71,6 +72,25 @@ def find_deb():
     if not debs:
         raise FileNotFoundError(f"no {DIST}/idle-reaper_*_all.deb: run `make deb` first (or set {DEB_ENV})")
     return debs[-1]
+
+
+def build_deb(out):
+    """Build the .deb from this tree with packaging/build-deb into out; return its path."""
+    done = _run([str(REPO / "packaging" / "build-deb"), str(out)], timeout=600)
+    if done.returncode != 0:
+        output = f"{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        raise AssertionError(f"packaging/build-deb failed ({done.returncode}):\n{output}")
+    (deb,) = pathlib.Path(out).glob("idle-reaper_*_all.deb")
+    return deb
+
+
+_machines = set()  # machines not yet closed: killed at exit if a run is interrupted
+
+
+@atexit.register
+def _close_all():
+    for machine in list(_machines):
+        machine.close()
 
 
 _ports_given = set()
@@ -289,6 +309,7 @@ class Machine:
 
     def prepare(self):
         """Mount the machine's overlay and write its config, its sshd port and nothing else."""
+        _machines.add(self)
         for d in ("upper", "work"):
             (self.dir / d).mkdir()
         self.root.mkdir()
@@ -404,6 +425,7 @@ class Machine:
                 _run(["umount", "-l", str(self.root)])
             self._mounted = False
         shutil.rmtree(self.dir, ignore_errors=True)
+        _machines.discard(self)
 
     def _tail(self, lines=30):
         try:
