@@ -1,11 +1,13 @@
 """Throwaway Debian machines booted under systemd-nspawn, with the built .deb installed, for the system tier.
 
-    with Image.build() as image:                           # cached rootfs + the .deb + test users, once
-        with image.machine(config="inactivity_duration: 20s\n") as m:
-            m.boot()                                       # boots the real systemd, waits until it is running
-            with m.ssh("dev") as session:                  # a real SSH session to the machine's sshd
-                m.status()                                 # `idle-reaper status --json` read inside, as root
-            timing = m.wait_poweroff(m.booted + 20)       # when the machine powered itself off, and how late
+    with Image.build(deb) as image:                   # cached rootfs + the .deb + test users, once per run
+        with image.machine("inactivity_duration: 20s\n") as m:
+            m.boot()                                  # boots the real systemd, waits until it is running
+            session = m.ssh("dev")                    # a real SSH login to the machine's sshd (also: forward(),
+            m.status(), m.status(user="dev")          #   control_master()); status --json read inside
+            session.close()
+            end = m.session_end("dev")                # when the hook recorded the close (CLOCK_BOOTTIME)
+            timing = m.wait_poweroff(end + 20)        # a Poweroff: deadline, action_at, exited_at, late
 
 Each machine is an overlayfs over the image, which is an overlayfs over the cached rootfs of tests/debroot.py, so
 a machine costs milliseconds and the package is installed once per run. The machine shares the host's network;
