@@ -78,6 +78,7 @@ def test_package_holds_the_installed_layout(deb):
     plain = [
         "./lib/systemd/system/idle-reaper.service",
         "./lib/systemd/system/idle-reaper.timer",
+        "./lib/systemd/system/idle-reaper.path",
         "./usr/share/pam-configs/idle-reaper",
         "./etc/idle-reaper/config.yaml",
         "./usr/share/man/man8/idle-reaper.8.gz",
@@ -130,8 +131,8 @@ def test_maintainer_scripts_manage_pam_and_never_start_the_service(deb):
     assert "pam-auth-update --package --remove idle-reaper" in prerm
     for script in (postinst, prerm, postrm):
         assert "--force" not in script
-    # dh_installsystemd was given only the timer: the service is neither enabled nor started.
-    assert "'idle-reaper.timer'" in postinst
+    # dh_installsystemd was given only the timer and the path unit: the service is neither enabled nor started.
+    assert "'idle-reaper.timer'" in postinst and "'idle-reaper.path'" in postinst
     assert "idle-reaper.service" not in postinst
 
 
@@ -152,8 +153,16 @@ def test_timer_cadence_lands_the_action_on_the_deadline():
     assert wait >= interval + accuracy
     timeout_minutes = int(s["TimeoutStartSec"].removesuffix("min"))
     assert timeout_minutes * 60 >= wait + actions.ACTION_TIMEOUT
-    assert "Install" not in service, "only the timer starts the service"
+    assert "Install" not in service, "only the timer and the path unit start the service"
     assert timer["Install"]["WantedBy"] == "timers.target"
+    assert service["Unit"]["StartLimitIntervalSec"] == "0", "a login burst must not fail the path unit"
+
+
+def test_path_unit_starts_a_tick_when_a_session_opens_or_closes():
+    path = _unit("idle-reaper.path")
+    assert path["Path"]["PathChanged"] == "/run/idle-reaper/state.json"
+    assert path["Path"]["Unit"] == "idle-reaper.service"
+    assert path["Install"]["WantedBy"] == "paths.target"
 
 
 def test_service_hardening_scores_ok(record_property):
@@ -276,7 +285,7 @@ def test_man_page_renders_without_warnings():
     assert done.returncode == 0 and not done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("unit", ["idle-reaper.service", "idle-reaper.timer"])
+@pytest.mark.parametrize("unit", ["idle-reaper.service", "idle-reaper.timer", "idle-reaper.path"])
 def test_units_point_to_the_man_page(unit):
     assert _unit(unit)["Unit"]["Documentation"] == "man:idle-reaper(8)"
 

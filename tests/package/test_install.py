@@ -18,7 +18,9 @@ from tests.package.conftest import apt_install, put, sh
 HOOK = "/usr/share/idle-reaper/hooks/pam-session"
 HOOK_LINE = f"session\toptional\tpam_exec.so quiet /usr/bin/python3 -I {HOOK}"
 PAM_DIR = "etc/pam.d"
-UNITS = "/lib/systemd/system/idle-reaper.service /lib/systemd/system/idle-reaper.timer"
+UNITS = (
+    "/lib/systemd/system/idle-reaper.service /lib/systemd/system/idle-reaper.timer /lib/systemd/system/idle-reaper.path"
+)
 TIMER_LINK = "etc/systemd/system/timers.target.wants/idle-reaper.timer"
 # What dpkg, apt and debconf keep for themselves (logs, caches, backups of their databases): not ours.
 BOOKKEEPING = ("var/log/", "var/cache/apt/", "var/lib/apt/", "var/lib/dpkg/status", "var/cache/debconf/")
@@ -73,7 +75,7 @@ def test_install_in_a_chroot_enables_the_timer_and_runs_no_reap(root, deb):
     assert out.splitlines() == ["755 root root"], "the state dir exists, empty: no tick ran"
     assert (root / TIMER_LINK).resolve(strict=False).name == "idle-reaper.timer"
     wants = [p.name for p in (root / "etc/systemd/system").rglob("idle-reaper*")]
-    assert wants == ["idle-reaper.timer"], "only the timer is enabled"
+    assert sorted(wants) == ["idle-reaper.path", "idle-reaper.timer"], "the timer and the path unit, not the service"
 
 
 def test_installed_commands_run_under_debian_python(root, deb):
@@ -247,7 +249,7 @@ def test_live_install_starts_the_timer_runs_no_reap_and_the_service_sees_the_hoo
         _inside(pid, f"DEBIAN_FRONTEND=noninteractive {apt_install(path)} >/dev/null; sleep 1")
         show = _inside(
             pid,
-            "systemctl show idle-reaper.service idle-reaper.timer"
+            "systemctl show idle-reaper.service idle-reaper.timer idle-reaper.path"
             " -p Id,ActiveState,UnitFileState,ExecMainStartTimestampMonotonic",
         )
         units = {}
@@ -256,6 +258,8 @@ def test_live_install_starts_the_timer_runs_no_reap_and_the_service_sees_the_hoo
             units[props["Id"]] = props
         timer, service = units["idle-reaper.timer"], units["idle-reaper.service"]
         assert (timer["ActiveState"], timer["UnitFileState"]) == ("active", "enabled")
+        path_unit = units["idle-reaper.path"]
+        assert (path_unit["ActiveState"], path_unit["UnitFileState"]) == ("active", "enabled")
         assert service["ActiveState"] == "inactive" and service["ExecMainStartTimestampMonotonic"] == "0"
         assert _inside(pid, "journalctl -q -t idle-reaper --no-pager").stdout == ""
         # A tick as the timer runs it works in the hardened unit, and its sandbox reads the boot id that the
