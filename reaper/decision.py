@@ -182,9 +182,11 @@ def summary(decision):
             return f"idle for {format_seconds(decision.idle_seconds)} ({decision.reason}): time to act"
         if decision.blocked:
             return f"idle for {format_seconds(decision.idle_seconds)}, not acting: {decision.blocked}"
+        new = sum(1 for v in decision.sessions if v.pending)
+        waiting = f"; {new} new session(s) count once open for min_session" if new else ""
         return (
             f"idle for {format_seconds(decision.idle_seconds)} ({decision.reason});"
-            f" acting in {format_seconds(decision.seconds_until_action)}"
+            f" acting in {format_seconds(decision.seconds_until_action)}{waiting}"
         )
     return f"{decision.state}: {decision.reason}"
 

@@ -1,10 +1,12 @@
-"""`idle-reaper reap`: one tick of the reaper, which the systemd timer runs.
+"""`idle-reaper reap`: one tick of the reaper, which the systemd timer (and path unit) runs.
 
 A tick reads the config afresh, takes the state lock (filelock, the same flock the hook takes), ends leases
 whose session is gone, records live SSH sessions the hook missed, decides, logs any change of decision, and
 runs the action once when it is due. With `--wait`, a tick that finds the action due within that many
 seconds sleeps until then and decides again, so the action lands on the deadline without a timer that fires
-every second.
+every second. While it sleeps it watches the state: a session that opens or closes meanwhile would have
+started a tick of its own (idle-reaper.path) but for this one running, so it decides again at once, and
+the wait counts afresh from there.
 """
 
 import os
@@ -17,6 +19,8 @@ from reaper.log import logger
 
 # After the deadline, sleep this much longer so a check right at the boundary doesn't see 0.0001 s left.
 WAKE_SLACK = 0.05
+# While waiting for a deadline, look this often for a session opening or closing.
+WATCH_INTERVAL = 0.5
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,27 @@ def _record_action(paths, idle_since, when):
         leases.commit(paths.state_dir, state)
 
 
+def _stamp(state_dir):
+    """What changes when a hook records a session: the state file's identity and the pending files."""
+    try:
+        st = os.stat(leases.state_path(state_dir))
+        names = sorted(n for n in os.listdir(state_dir) if n.startswith(leases.PENDING_PREFIX))
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size, tuple(names))
+
+
+def _sleep_watching(state_dir, seconds, sleep):
+    """Sleep `seconds`, or less if the state changes meanwhile. Return True if it changed."""
+    before = _stamp(state_dir)
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        sleep(min(WATCH_INTERVAL, left))
+        if _stamp(state_dir) != before:
+            return True
+    return False
+
+
 def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):
     """Run one tick (more with `wait`). Return the exit code. Raise ReaperError or ConfigError on failure."""
     give_up = time.monotonic() + max(0.0, wait)
@@ -199,4 +224,5 @@ def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):
             return EXIT_SKIPPED
         if result.next_check is None or time.monotonic() + result.next_check > give_up:
             return EXIT_OK
-        sleep(result.next_check + WAKE_SLACK)
+        if _sleep_watching(paths.state_dir, result.next_check + WAKE_SLACK, sleep):
+            give_up = max(give_up, time.monotonic() + wait)
