@@ -62,7 +62,10 @@ reliability: deps venv
 	IDLE_REAPER_FULL=1 $(VPY) -m pytest -v -s tests/reliability
 
 deb: deps
-	packaging/build-deb dist
+	@mkdir -p build
+	@echo "building the Debian package (log: build/deb.log)"
+	@packaging/build-deb dist > build/deb.log 2>&1 || { tail -n 40 build/deb.log; exit 1; }
+	@tail -n 1 build/deb.log
 
 demo: deps venv deb
 	$(VPY) -m tests.system.demo
