@@ -1,15 +1,18 @@
 """`python -m bench [--quick] [--rows 1,2,...]`: run the benchmarks of issue 6 and print the table.
 
-Full mode takes about ten minutes and boots throwaway machines with systemd-nspawn (rows 6 and 7 need the .deb:
-`make deb`, or --deb PATH). --quick runs every row but 6 and 7 with tiny counts, in seconds, to check that the
-benchmarks still run (tests/integration/test_bench_smoke.py); its figures mean nothing.
+Full mode takes about ten minutes and boots throwaway machines with systemd-nspawn for rows 6 and 7, with the
+.deb built from this tree (or --deb PATH, or $IDLE_REAPER_DEB). --quick runs every row but 6 and 7 with tiny
+counts, in seconds, to check that the benchmarks still run (tests/integration/test_bench_smoke.py); its figures
+mean nothing.
 Needs root: it runs sshds, makes test users, mounts namespaces and boots machines.
 """
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from datetime import UTC, datetime
@@ -25,7 +28,7 @@ def get_parser():
     parser.add_argument("--quick", action="store_true", help="tiny counts, no nspawn: a smoke test of the benchmarks")
     parser.add_argument("--rows", default=",".join(ROWS), help="which rows to run, e.g. 1,2 (default: all)")
     parser.add_argument("--idle-minutes", type=float, default=5.0, help="how long row 7 watches an idle machine")
-    parser.add_argument("--deb", help="the .deb for rows 6 and 7 (default: the newest dist/idle-reaper_*_all.deb)")
+    parser.add_argument("--deb", help="the .deb for rows 6 and 7 (default: built from this tree, as measured)")
     return parser
 
 
@@ -106,10 +109,13 @@ def main(argv=None):
     image_cm = image = watch = None
     system_rows = {"6", "7"} & wanted
     system_error = None
+    deb_dir = tempfile.mkdtemp(prefix="irb-deb-")
     if system_rows and not args.quick:
-        _progress("rows 6-7: building the machine image (cached rootfs + the .deb)")
+        _progress("rows 6-7: building the .deb of this tree and the machine image (cached rootfs + the .deb)")
         try:
-            image_cm = system.harness().Image.build()
+            h = system.harness()
+            deb = os.environ.get("IDLE_REAPER_DEB") or h.build_deb(deb_dir)  # the package of this very tree
+            image_cm = h.Image.build(deb)
             image = image_cm.__enter__()
         except Exception:  # noqa: BLE001 - rows 6 and 7 say why
             system_error = traceback.format_exc()
@@ -153,6 +159,7 @@ def main(argv=None):
     finally:
         if image_cm is not None:
             image_cm.__exit__(None, None, None)
+        shutil.rmtree(deb_dir, ignore_errors=True)
     header.append(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
     title = "idle-reaper benchmarks (issue 6)"
     if args.quick:
