@@ -8,6 +8,14 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 HOOK = REPO / "hooks" / "pam-session"
 SYSTEM_PYTHON = "/usr/bin/python3"
+SHIMS = REPO / "tests" / "shims"
+
+
+def cli_env(**extra):
+    """The environment for running idle-reaper in a test: a refusing `systemctl` first on PATH, so that a
+    test that forgot to configure an action of its own can never power off the machine running it."""
+    path = f"{SHIMS}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    return {**os.environ, "PATH": path, **extra}
 
 
 @pytest.fixture

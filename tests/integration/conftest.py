@@ -35,7 +35,7 @@ def config(workdir):
     """Write the config file; return its path. Call again to change it."""
     path = os.path.join(workdir, "config.yaml")
 
-    def write(text="inactivity_duration: 1h\nmin_session: 1s\n"):
+    def write(text='inactivity_duration: 1h\nmin_session: 1s\naction: ["/bin/true"]\n'):
         with open(path, "w") as f:
             f.write(text)
         os.chmod(path, 0o644)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from tests.conftest import HOOK, REPO, SYSTEM_PYTHON
+from tests.conftest import HOOK, REPO, SYSTEM_PYTHON, cli_env
 
 VENV_PYTHON = str(REPO / ".venv" / "bin" / "python")
 CLIENT_OPTS = [
@@ -184,7 +184,7 @@ def idle_reaper(config, state_dir, *args, user=None, python=VENV_PYTHON):
     argv = [python, "-m", "reaper", "--config", config, "--state-dir", state_dir, *args]
     if user:
         argv = ["runuser", "-u", user, "--", *argv]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO, env=cli_env())
 
 
 def status(config, state_dir, user=None):

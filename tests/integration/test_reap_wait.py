@@ -4,7 +4,7 @@ import os
 import subprocess
 import time
 
-from tests.conftest import HOOK, SYSTEM_PYTHON
+from tests.conftest import HOOK, SYSTEM_PYTHON, cli_env
 from tests.integration.sshd import VENV_PYTHON
 
 ENV = {"PAM_USER": "root", "PAM_SERVICE": "sshd", "SSH_CONNECTION": "127.0.0.1 40000 127.0.0.1 22"}
@@ -17,7 +17,7 @@ def hook(state_dir, pam_type, port):
 
 def start_reap(config_path, state_dir, wait):
     argv = [VENV_PYTHON, "-m", "reaper", "--config", config_path, "--state-dir", state_dir, "reap", "--wait", str(wait)]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
 
 
 def test_a_session_opening_during_the_wait_stops_it_at_once(require_root, config, state_dir, workdir):
@@ -52,3 +52,13 @@ def test_a_later_deadline_set_during_the_wait_is_waited_for_too(require_root, co
     with open(marker) as f:
         acted = float(f.read())
     assert 4 - 0.2 <= acted - closed <= 4 + 1.5, acted - closed
+
+
+def test_the_tests_can_never_power_off_the_machine_they_run_on(require_root, config, state_dir):
+    """The default action is `systemctl poweroff`; every idle-reaper the tests run finds a refusing one first."""
+    from tests.integration.sshd import idle_reaper
+
+    config("inactivity_duration: 1s\nmin_session: off\n")  # action: poweroff, due at once
+    done = idle_reaper(config.path, state_dir, "reap")
+    assert done.returncode == 1
+    assert "tests never power off the machine: refused 'systemctl poweroff'" in done.stderr

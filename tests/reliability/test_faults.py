@@ -10,7 +10,7 @@ import time
 import pytest
 
 from reaper import clock, leases
-from tests.conftest import REPO, SYSTEM_PYTHON
+from tests.conftest import REPO, SYSTEM_PYTHON, cli_env
 from tests.integration.sshd import VENV_PYTHON, idle_reaper, status
 from tests.reliability.conftest import due_config
 
@@ -118,7 +118,8 @@ def run_with_wall_clock_shift(config, state_dir, shift):
         "from reaper.cli import main\n"
         f"sys.exit(main(['--config', {config!r}, '--state-dir', {state_dir!r}, 'status', '--json']))\n"
     )
-    done = subprocess.run([VENV_PYTHON, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    done = subprocess.run([VENV_PYTHON, "-c", code], capture_output=True, text=True, cwd=REPO, check=True,
+                          env=cli_env())  # fmt: skip
     return json.loads(done.stdout)
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from reaper import leases
-from tests.conftest import REPO
+from tests.conftest import REPO, cli_env
 from tests.integration.sshd import Sshd, end, idle_reaper, status
 from tests.reliability.conftest import due_config
 
@@ -117,7 +117,8 @@ def test_a_users_own_process_named_sshd_does_not_stop_the_check_for_good(require
                 "--config", config.path, "--state-dir", state_dir]  # fmt: skip
         import json
 
-        done = subprocess.run([*argv, "status", "--json"], capture_output=True, text=True, check=True, cwd=REPO)
+        done = subprocess.run([*argv, "status", "--json"], capture_output=True, text=True, check=True, cwd=REPO,
+                              env=cli_env())  # fmt: skip
         st = json.loads(done.stdout)
         assert st["live_check"]["complete"], st["live_check"]
     finally:

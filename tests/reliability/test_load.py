@@ -12,7 +12,7 @@ import time
 import pytest
 
 from reaper import clock, leases
-from tests.conftest import HOOK, SYSTEM_PYTHON
+from tests.conftest import HOOK, SYSTEM_PYTHON, cli_env
 from tests.integration.sshd import idle_reaper
 
 FULL = os.environ.get("IDLE_REAPER_FULL") == "1"
@@ -128,7 +128,7 @@ def test_writers_sigkilled_at_random_moments_never_corrupt_the_state(require_roo
     while kills < KILLS:
         if kills % 10 == 9:
             writer = subprocess.Popen([*_reaper_argv(config.path, state_dir)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)  # fmt: skip
+                                      stderr=subprocess.DEVNULL, env=cli_env())  # fmt: skip
             what = None
         else:
             port += 1
@@ -167,7 +167,7 @@ def _reaper_argv(config_path, state_dir):
 def config(workdir):
     path = os.path.join(workdir, "config.yaml")
     with open(path, "w") as f:
-        f.write("inactivity_duration: 1w\nmin_session: off\n")
+        f.write('inactivity_duration: 1w\nmin_session: off\naction: ["/bin/true"]\n')
     os.chmod(path, 0o644)
 
     class Config:

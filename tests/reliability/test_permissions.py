@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from reaper import leases
-from tests.conftest import HOOK, REPO, SYSTEM_PYTHON
+from tests.conftest import HOOK, REPO, SYSTEM_PYTHON, cli_env
 from tests.integration.sshd import idle_reaper, status
 from tests.reliability.conftest import due_config
 
@@ -46,7 +46,7 @@ def test_modes_hold_after_hooks_and_ticks(require_root, config, state_dir, filel
         done = idle_reaper(config.path, state_dir, "reap")
     else:
         done = subprocess.run([*DEBIAN_CLI, "--config", config.path, "--state-dir", state_dir, "reap"],
-                              capture_output=True, text=True, cwd="/")  # fmt: skip
+                              capture_output=True, text=True, cwd="/", env=cli_env())  # fmt: skip
     assert done.returncode in (0, 4), done.stderr
     assert modes(state_dir) == (0o755, 0o644, 0o600, {0})
 
