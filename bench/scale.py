@@ -6,13 +6,16 @@ python3-humanfriendly, running the reaper package of this checkout the way /usr/
 "interpreter start plus imports": the same interpreter importing what the command imports, and doing nothing.
 
 The leases are synthetic but of this boot and realistic. Each names a live process of its own (forked by a
-holder this benchmark starts) with its real start time, so the tick reads /proc for each as it would for each
-session's sshd monitor, and scans as many more processes looking for sshd's. Their users, clients and keys
-vary, and the config ignores a user and a network, so the policy has work to do. The steady-state cases are what
-a timer tick meets all day: before timing, one tick has run on the state (learning the decision), and the state
-file is put back as it left it before every timed run, so nothing changes and nothing is written. Two variants
-show the rest: one in twenty leases stale (ended, and the file written, by every run), and real SSH sessions,
-each with its lease, that the tick must match to the state.
+holder this benchmark starts) with its real start time, and that process holds the lease's own ESTABLISHED TCP
+connection (over loopback), as each session has its sshd monitor and its connection: so the tick reads /proc for
+each process and /proc/net/tcp with every connection in it, and scans as many more processes looking for sshd's.
+Their users and keys vary (the clients are all 127.0.0.1, for the connections are real), and the config ignores
+a user and a network, so the policy has work to do. The steady-state cases are what a timer tick meets all day:
+before timing, one tick has run on the state (learning the decision), and the state file is put back as it left
+it before every timed run, so nothing changes and nothing is written. Two variants show the rest: one in twenty
+leases stale (process and connection gone: ended, and the file written, by every run), and real SSH sessions to a
+real sshd, each with its lease, that the tick must match to the state (in a second namespace, where the other
+leases' connections are not seen, so their processes are what keeps them live).
 
 Each size is a block of its own, with only its own live processes, and with its own "interpreter start plus
 imports" runs interleaved with its ticks: what a tick costs beyond its imports is its work, and the growth.
@@ -28,37 +31,47 @@ from dataclasses import dataclass, field
 
 from bench import REPO, SYSTEM_PYTHON, VENV_PYTHON, stats
 from bench.hookalone import fake_auth_info
-from bench.netns import empty_netns
+from bench.netns import NetNs, empty_netns
 from bench.proc import Spawner, remove, tmpfs_dir
 from bench.table import Row, met
 from reaper import clock
 
 SIZES = (0, 100, 1000, 10000)
 QUICK_SIZES = (0, 10, 100, 1000)  # --quick: the same rows, smaller
-# One live process per lease, as each session has its own sshd monitor: a small holder forks them, and they
-# wait on a pipe until it closes. (Threads would be cheaper, but the kernel's /proc/PID/stat of a thread-group
-# leader sums over all its threads, so reading it costs O(threads).) About 250 KB of memory each.
+# One live process per lease, as each session has its own sshd monitor, holding its own ESTABLISHED TCP
+# connection, as each session has one: a small holder forks them, each with both ends of a loopback connection
+# to the holder's listener, and they wait on a pipe until it closes. (Threads would be cheaper, but the kernel's
+# /proc/PID/stat of a thread-group leader sums over all its threads, so reading it costs O(threads).) About
+# 250 KB of memory each. Prints "PORT PID:CLIENT_PORT ...".
 HOLDER = """
-import os, sys
+import os, socket, sys
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(128)
 r, w = os.pipe()
-pids = []
+out = []
 for _ in range(int(sys.argv[1])):
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
     pid = os.fork()
     if pid == 0:
         os.close(w)
         os.close(1)
+        listener.close()
         try:
             os.read(r, 1)
         finally:
             os._exit(0)
-    pids.append(pid)
+    out.append(f"{pid}:{client.getsockname()[1]}")
+    client.close()
+    server.close()
 os.close(r)
-sys.stdout.write(" ".join(map(str, pids)) + "\\n")
+sys.stdout.write(" ".join([str(listener.getsockname()[1]), *out]) + "\\n")
 sys.stdout.flush()
 sys.stdin.read()
 os.close(w)
-for pid in pids:
-    os.waitpid(pid, 0)
+for pid in out:
+    os.waitpid(int(pid.split(":")[0]), 0)
 """
 TARGET_REAP_S = 0.150
 TARGET_REAP_RSS_MB = 40
@@ -88,17 +101,25 @@ def start_ticks(pid):
 
 
 class Processes:
-    """n live processes, forked by a holder: .pids is [(pid, start ticks)]; close() ends them all."""
+    """n live processes, forked by a holder, each with an ESTABLISHED loopback connection of its own.
+
+    .pids is [(pid, start ticks, (client, client port, server, server port))]; close() ends them all. Start it
+    in the network namespace the ticks run in, or the connections are not theirs to see.
+    """
 
     def __init__(self, n):
         self.proc = subprocess.Popen(
             [SYSTEM_PYTHON, "-I", "-S", "-c", HOLDER, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
-        line = self.proc.stdout.readline()
-        if not line and n:
+        line = self.proc.stdout.readline().split()
+        if not line:
             self.close()
             raise RuntimeError(f"the holder of {n} processes did not start")
-        self.pids = [(int(pid), start_ticks(int(pid))) for pid in line.split()]
+        port = int(line[0])
+        self.pids = []
+        for item in line[1:]:
+            pid, client_port = (int(x) for x in item.split(":"))
+            self.pids.append((pid, start_ticks(pid), ("127.0.0.1", client_port, "127.0.0.1", port)))
 
     def close(self):
         if self.proc.poll() is None:
@@ -120,17 +141,16 @@ def synthetic_state(n, helpers, boot, now, stale_every=0, seed=4):
     leases = []
     for i in range(n):
         user = "probe" if i % 10 == 0 else f"dev{i % 37}"
-        client = f"10.0.{(i >> 8) & 255}.{i & 255}" if i % 7 == 0 else f"192.168.{(i >> 8) & 255}.{i & 255}"
-        port = 1024 + i % 60000
-        pid, start = helpers[i % len(helpers)]
+        pid, start, (client, port, server, server_port) = helpers[i % len(helpers)]
         if stale_every and i % stale_every == stale_every - 1:
             pid, start = (4_000_000 + i, start) if (i // stale_every) % 2 else (pid, start + 1)  # gone, reused
+            port = server_port = 9  # and its connection is gone
         key = fake_auth_info(i).split()[2][:43]
         leases.append(
             {
                 "user": user, "uid": 1000 + i % 37, "service": "sshd", "rhost": client, "tty": "ssh",
-                "conn": f"{client} {port} 192.0.2.1 22", "client": client, "client_port": port,
-                "server": "192.0.2.1", "server_port": 22, "key": f"SHA256:{key}", "pid": pid, "pid_start": start,
+                "conn": f"{client} {port} {server} {server_port}", "client": client, "client_port": port,
+                "server": server, "server_port": server_port, "key": f"SHA256:{key}", "pid": pid, "pid_start": start,
                 "opened": now - rng.uniform(60, 7200), "boot": boot, "source": "hook",
             }
         )  # fmt: skip
@@ -230,22 +250,25 @@ def run(quick=False, seed=5):
         f.write(CONFIG.format(marker=marker))
     spawners = {}
     results = {}
+    netns = NetNs()
     try:
-        with empty_netns():
+        with netns.entered():
             spawners[False] = Spawner()
         for n in sizes:
-            _block(n, n == sizes[-1], k, config, work, spawners, rounds, warmup, rng, results)
+            _block(n, n == sizes[-1], k, config, work, netns, spawners, rounds, warmup, rng, results)
         acted = os.path.exists(marker)
     finally:
         for spawner in spawners.values():
             spawner.close()
+        netns.close()
         remove(work)
     return rows(results, acted, k, sizes)
 
 
-def _block(n, big, k, config, work, spawners, rounds, warmup, rng, results):
+def _block(n, big, k, config, work, netns, spawners, rounds, warmup, rng, results):
     """Measure one size: its live processes, its ticks and its imports, interleaved."""
-    processes = Processes(n)
+    with netns.entered():
+        processes = Processes(n)
     stop_sessions = None
     try:
         boot, now = clock.boot_key(), clock.now()
