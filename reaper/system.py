@@ -6,7 +6,7 @@ sshd's non-dumpable processes without CAP_SYS_PTRACE) is reported as unreadable,
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from reaper import defaults
 
@@ -15,8 +15,7 @@ TCP_ESTABLISHED = "01"
 TCP_LISTEN = "0A"
 
 
-@dataclass(frozen=True)
-class Socket:
+class Socket(NamedTuple):  # a NamedTuple: a tick may read tens of thousands
     local: str
     local_port: int
     remote: str
@@ -29,8 +28,7 @@ class Socket:
         return (self.remote, self.remote_port, self.local, self.local_port)
 
 
-@dataclass(frozen=True)
-class Process:
+class Process(NamedTuple):
     pid: int
     ppid: int
     uid: int
@@ -50,16 +48,22 @@ def normalize_ip(text):
     return addr.compressed
 
 
-def _hex_ip(text):
+def _hex_ip(text, known):
+    """Given an address as /proc/net/tcp* prints it, return its text. `known` caches: a machine's sockets
+    share a handful of addresses, and converting each one anew was most of a tick with many connections."""
+    if text in known:
+        return known[text]
     raw = bytes.fromhex(text)
     # /proc/net/tcp* prints each 32-bit word in host (little-endian) order.
     raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    return normalize_ip(str(ipaddress.ip_address(raw)))
+    known[text] = normalize_ip(str(ipaddress.ip_address(raw)))
+    return known[text]
 
 
 def tcp_sockets(proc=defaults.PROC):
-    """Return every IPv4 and IPv6 TCP socket of this network namespace."""
+    """Return the ESTABLISHED and LISTEN TCP sockets (IPv4 and IPv6) of this network namespace."""
     out = []
+    known = {}
     for name in ("tcp", "tcp6"):
         try:
             with open(f"{proc}/net/{name}") as f:
@@ -68,12 +72,19 @@ def tcp_sockets(proc=defaults.PROC):
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) < 10:
-                continue
+            if len(fields) < 10 or fields[3] not in (TCP_ESTABLISHED, TCP_LISTEN):
+                continue  # TIME_WAIT and the like: neither a session nor a listener
             local, lport = fields[1].split(":")
             remote, rport = fields[2].split(":")
             out.append(
-                Socket(_hex_ip(local), int(lport, 16), _hex_ip(remote), int(rport, 16), fields[3], int(fields[9]))
+                Socket(
+                    _hex_ip(local, known),
+                    int(lport, 16),
+                    _hex_ip(remote, known),
+                    int(rport, 16),
+                    fields[3],
+                    int(fields[9]),
+                )  # fmt: skip
             )
     return out
 
