@@ -79,7 +79,8 @@ def handle_status(args, paths):
     cfg = config.load(paths.config)
     view = status.build(paths, cfg)
     if args.json:
-        json.dump(view, sys.stdout, indent=2)
+        # Indented for a person at a terminal; compact for a program (with indent, json encodes in pure Python).
+        json.dump(view, sys.stdout, indent=2 if sys.stdout.isatty() else None)
         sys.stdout.write("\n")
     else:
         print(status.render(view))

@@ -10,6 +10,9 @@ from reaper import live, policy
 from reaper.durations import format_seconds
 from reaper.escape import escape
 
+# A reason names at most this many sessions; `status` lists them all.
+NAMED = 3
+
 ACTIVE = "active"
 IDLE = "idle"
 DISABLED = "disabled"
@@ -75,12 +78,36 @@ def _who(view):
     return f"{escape(view.user)} from {escape(view.client or view.rhost)} (pid {view.pid})"
 
 
+def _memoized_ignore_reason(config):
+    """policy.ignore_reason, computed once per (service, user, client, key): sessions share these."""
+    cache = {}
+
+    def ignore_reason(record):
+        key = (
+            record.get("service"),
+            record.get("user"),
+            record.get("client") or record.get("rhost"),
+            record.get("key"),
+        )
+        if key not in cache:
+            cache[key] = policy.ignore_reason(config, record)
+        return cache[key]
+
+    return ignore_reason
+
+
+def _named(views):
+    who = ", ".join(_who(v) for v in views[:NAMED])
+    return who + (f" and {len(views) - NAMED} more" if len(views) > NAMED else "")
+
+
 def decide(config, now, boot_started, state, evidence, state_problem=None):
     """Given config, clock, this boot's state (or None if unusable) and live evidence, return the Decision.
 
     `state_problem` says why the state is unusable; then the decision is unknown and nothing runs.
     """
     leases = state["leases"] if state else []
+    ignore_reason = _memoized_ignore_reason(config)
     views = []
     counted_live = []
     pending = []  # live sessions that will count once they reach min_session
@@ -89,7 +116,7 @@ def decide(config, now, boot_started, state, evidence, state_problem=None):
         if not is_live:
             ended.append(dict(lease, closed=now))  # stale: it ends when first seen dead, which is now
             continue
-        ignored = policy.ignore_reason(config, lease)
+        ignored = ignore_reason(lease)
         age = None if lease.get("opened") is None else now - lease["opened"]
         short = policy.too_short(config, age)
         view = _view(lease, now, not (ignored or short), ignored or short, pending=bool(short and not ignored))
@@ -100,8 +127,9 @@ def decide(config, now, boot_started, state, evidence, state_problem=None):
             pending.append((view, config.min_session - age))
 
     unexplained = []
+    index = live.LeaseIndex(leases) if evidence.sessions else None
     for session in evidence.sessions:
-        if live.explained_by(session, leases) is not None:
+        if index.explaining(session) is not None:
             continue
         record = {
             "user": session.user,
@@ -112,7 +140,7 @@ def decide(config, now, boot_started, state, evidence, state_problem=None):
             "pid": session.pid,
             "opened": None,
         }
-        ignored = policy.ignore_reason(config, record)
+        ignored = ignore_reason(record)
         view = _view(record, now, ignored is None, ignored or None, recorded=False, container=session.container)
         views.append(view)
         if ignored is None:
@@ -120,7 +148,7 @@ def decide(config, now, boot_started, state, evidence, state_problem=None):
 
     idle_since, last_activity = boot_started, "boot"
     for record in ended:
-        if policy.ignore_reason(config, record) is not None:
+        if ignore_reason(record) is not None:
             continue
         length = None if record.get("opened") is None else record["closed"] - record["opened"]
         if policy.too_short(config, length) is None and record["closed"] > idle_since:
@@ -136,8 +164,8 @@ def decide(config, now, boot_started, state, evidence, state_problem=None):
     if state_problem:
         return Decision(UNKNOWN, state_problem, 0.0, None, False, **common)
     if unexplained:
-        missed = ", ".join(_who(v) for v in unexplained if not v.container)
-        inside = ", ".join(_who(v) for v in unexplained if v.container)
+        missed = _named([v for v in unexplained if not v.container])
+        inside = _named([v for v in unexplained if v.container])
         parts = []
         if missed:
             parts.append(f"SSH session not recorded by the hook (the hook failed or the state was lost): {missed}")
@@ -152,8 +180,8 @@ def decide(config, now, boot_started, state, evidence, state_problem=None):
             **common,
         )
     if counted_live:
-        who = ", ".join(_who(v) for v in counted_live)
-        return Decision(ACTIVE, f"{len(counted_live)} counted session(s): {who}", 0.0, None, False, **common)
+        return Decision(ACTIVE, f"{len(counted_live)} counted session(s): {_named(counted_live)}", 0.0, None, False,
+                        **common)  # fmt: skip
 
     idle = max(0.0, now - idle_since)
     until = max(0.0, config.inactivity_duration - idle)

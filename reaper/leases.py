@@ -324,6 +324,7 @@ def merge_pending(state_dir, state):
         return []
     held = set(state.get("merged") or ())
     out = []
+    closed_any = False
     for name in names:
         out.append(name)
         if name in held:
@@ -341,7 +342,10 @@ def merge_pending(state_dir, state):
         if event["op"] == "open":
             add_lease(state, record)
         else:
-            close_lease(state, record, event["at"], "hook")
+            close_lease(state, record, event["at"], "hook", fold=False)
+            closed_any = True
+    if closed_any:
+        fold_closed(state)
     return out
 
 
@@ -410,11 +414,12 @@ def add_lease(state, lease):
     state["leases"].append(lease)
 
 
-def close_lease(state, probe, when, end):
+def close_lease(state, probe, when, end, fold=True):
     """Move the lease matching `probe` to the closed records; return True if one was found.
 
     A close with no matching open (its open hook failed, or the state was lost) is still recorded, with an
-    unknown open time, because the session it ends was real.
+    unknown open time, because the session it ends was real. `fold=False` leaves folding to the caller, who
+    closes many at once.
     """
     for i, lease in enumerate(state["leases"]):
         if same_session(lease, probe):
@@ -427,8 +432,27 @@ def close_lease(state, probe, when, end):
     record["closed"] = when
     record["end"] = end
     state["closed"].append(record)
-    fold_closed(state)
+    if fold:
+        fold_closed(state)
     return found
+
+
+def end_leases(state, live_flags, when):
+    """End, as of `when`, every lease whose flag is False (its session is gone): one pass, one fold.
+
+    Return how many ended.
+    """
+    kept = []
+    for lease, is_live in zip(state["leases"], live_flags, strict=True):
+        if is_live:
+            kept.append(lease)
+        else:
+            state["closed"].append(dict(lease, closed=when, end="stale"))
+    ended = len(state["leases"]) - len(kept)
+    if ended:
+        state["leases"] = kept
+        fold_closed(state)
+    return ended
 
 
 def _duration(record):

@@ -4,6 +4,7 @@ Pure readers, no decisions. Anything we are not allowed to read (another user's 
 sshd's non-dumpable processes without CAP_SYS_PTRACE) is reported as unreadable, never as absent.
 """
 
+import functools
 import ipaddress
 import os
 from typing import NamedTuple
@@ -37,6 +38,7 @@ class Process(NamedTuple):
     container: bool = False  # runs in another PID namespace: a container on this machine
 
 
+@functools.lru_cache(maxsize=4096)  # a tick compares every lease's addresses: a handful, over and over
 def normalize_ip(text):
     """Given an address as sshd or /proc writes it, return one canonical text (IPv4-mapped IPv6 as IPv4)."""
     try:

@@ -76,8 +76,9 @@ class _StateLock:
 def _adopt(state, evidence, boot):
     """Record live SSH sessions the state doesn't explain, so their end is noticed. Return True if any."""
     added = False
+    index = live.LeaseIndex(state["leases"])
     for session in evidence.sessions:
-        if live.explained_by(session, state["leases"]) is None:
+        if index.explaining(session) is None:
             state["leases"].append(
                 {
                     "user": session.user, "uid": session.uid, "service": None, "rhost": session.client,
@@ -89,14 +90,6 @@ def _adopt(state, evidence, boot):
             )  # fmt: skip
             added = True
     return added
-
-
-def _end_stale(state, evidence, now):
-    """Close leases whose session is gone, as of now (when they were first seen dead). Return True if any."""
-    stale = [lease for lease, is_live in zip(state["leases"], evidence.live, strict=True) if not is_live]
-    for lease in stale:
-        leases.close_lease(state, lease, now, "stale")
-    return bool(stale)
 
 
 @dataclass(frozen=True)
@@ -155,7 +148,7 @@ def evaluate(paths, cfg):
         leases.remove_stale_temps(paths.state_dir, time.time())
         evidence = live.gather(state["leases"], paths.proc)
         result = decision.decide(cfg, now, started, state, evidence, problem)
-        changed = _end_stale(state, evidence, now)
+        changed = leases.end_leases(state, evidence.live, now) > 0  # first seen dead: now
         changed |= _adopt(state, evidence, boot)
         memory = state["reaper"]
         key = decision.change_key(result)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import time
 
 from tests.integration.sshd import end, free_port, idle_reaper, status, wait_for
@@ -149,7 +150,13 @@ def test_status_works_for_a_non_root_user(sshd, config, state_dir):
     as_bob = status(config.path, state_dir, user="irt-bob")
     assert as_bob["state"] == as_root["state"] == "active"
     assert [s["user"] for s in as_bob["sessions"]] == ["irt-alice"]
-    assert as_bob["live_check"]["complete"] is False and "root" in as_bob["live_check"]["note"]
+    # Every connection to sshd is a lease's own, so even a non-root reader can tell nothing is unrecorded.
+    assert as_bob["live_check"] == {"complete": True, "note": None}
     text = idle_reaper(config.path, state_dir, "status", user="irt-bob")
     assert text.returncode == 0 and "State:     active" in text.stdout and "irt-alice" in text.stdout
+    with socket.create_connection(("127.0.0.1", sshd.port)) as unexplained:  # sshd's processes serve it
+        unexplained.recv(100)
+        as_bob = status(config.path, state_dir, user="irt-bob")
+        assert as_bob["live_check"]["complete"] is False and "root" in as_bob["live_check"]["note"]
+        assert status(config.path, state_dir)["live_check"]["complete"] is True
     end(client)

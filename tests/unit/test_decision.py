@@ -252,3 +252,10 @@ def test_a_session_in_a_container_on_this_machine_blocks_and_says_where():
     assert d.state == "unknown" and not d.act
     assert d.reason == "SSH session served by an sshd in a container on this machine: dev from 127.0.0.1 (pid 400)"
     assert d.sessions[0].container
+
+
+def test_a_reason_names_a_few_sessions_and_counts_the_rest():
+    st = state(open_=[lease(user=f"u{i}", pid=i, opened=0) for i in range(10)])
+    d = decide(cfg(), HOUR, st)
+    assert d.state == "active" and d.reason.startswith("10 counted session(s): u0 from")
+    assert d.reason.endswith("and 7 more") and len(d.sessions) == 10

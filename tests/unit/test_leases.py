@@ -356,3 +356,13 @@ def test_the_hook_records_a_pending_event_when_the_state_is_unusable(state_dir):
         assert f.read() == "{corrupt", "the hook leaves the unusable file for the reaper to set aside"
     os.rename(leases.state_path(state_dir), leases.state_path(state_dir) + ".bad-1")
     assert len(leases.load(state_dir, clock.boot_key())["leases"]) == 1
+
+
+def test_ending_many_stale_leases_is_one_pass_with_the_right_times():
+    st = leases.empty_state(BOOT)
+    for pid in range(2000):
+        leases.add_lease(st, lease(pid=pid, opened=float(pid % 7)))
+    flags = [pid % 3 != 0 for pid in range(2000)]
+    assert leases.end_leases(st, flags, 100.0) == 667
+    assert len(st["leases"]) == 1333 and all(x["pid"] % 3 for x in st["leases"])
+    assert st["closed"] and all(r["closed"] == 100.0 and r["end"] == "stale" for r in st["closed"])

@@ -141,3 +141,46 @@ def test_sshd_is_found_by_executable_not_title(tmp_path):
 
 def test_a_running_pid_without_a_recorded_start_time_is_live():
     assert live.lease_live(lease_for(os.getpid(), None), set())
+
+
+def fake_proc(tmp_path, sockets):
+    """A /proc with only net/tcp: the given (local, remote, state, inode) lines, IPv4 loopback addresses."""
+    net = tmp_path / "proc" / "net"
+    net.mkdir(parents=True)
+    lines = ["  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode"]
+    for i, (lport, rport, st, inode) in enumerate(sockets):
+        rem = f"0100007F:{rport:04X}" if rport else "00000000:0000"
+        lines.append(f"{i:4}: 0100007F:{lport:04X} {rem} {st} 0:0 0:0 0 0 0 {inode} 1 0 20 4 30 10 -1")
+    (net / "tcp").write_text("\n".join(lines) + "\n")
+    return str(tmp_path / "proc")
+
+
+def test_the_process_scan_is_skipped_when_every_connection_is_a_leases_own(tmp_path, monkeypatch):
+    proc = fake_proc(tmp_path, [(22, 0, "0A", 1), (22, 50000, "01", 2)])
+    lease = lease_for(999999, 1, ("127.0.0.1", 50000, "127.0.0.1", 22))
+
+    def scan(proc):
+        raise AssertionError("scanned")
+
+    monkeypatch.setattr(system, "sshd_processes", scan)
+    evidence = live.gather([lease], proc)
+    assert evidence.checked and evidence.live == [True] and evidence.sessions == []
+
+
+def test_the_process_scan_runs_when_a_connection_is_no_leases(tmp_path, monkeypatch):
+    proc = fake_proc(tmp_path, [(22, 0, "0A", 1), (22, 50000, "01", 2), (22, 50001, "01", 3)])
+    lease = lease_for(999999, 1, ("127.0.0.1", 50000, "127.0.0.1", 22))
+    scanned = []
+    monkeypatch.setattr(system, "sshd_processes", lambda proc: scanned.append(proc) or [])
+    evidence = live.gather([lease], proc)
+    assert scanned == [proc] and evidence.checked
+
+
+def test_the_lease_index_finds_a_session_by_connection_or_by_process():
+    lease = lease_for(300, 77, ("::ffff:192.0.2.9", 50000, "127.0.0.1", 22))
+    index = live.LeaseIndex([lease])
+    by_conn = live.LiveSession("192.0.2.9", 50000, "127.0.0.1", 22, 1000, "bob", 1, 1)
+    by_proc = live.LiveSession("192.0.2.9", 1, "127.0.0.1", 22, 1000, "bob", 300, 77)
+    other = live.LiveSession("192.0.2.9", 1, "127.0.0.1", 22, 1000, "bob", 300, 78)
+    assert index.explaining(by_conn) is lease and index.explaining(by_proc) is lease
+    assert index.explaining(other) is None
