@@ -12,8 +12,9 @@ DIR_MODE = 0o755
 STATE_MODE = 0o644
 LOCK_MODE = 0o600
 
-# The open hook is on the login path: it gives up on the lock after this long and lets the login go on.
-HOOK_LOCK_TIMEOUT = 1.0
+# The open hook is on the login path: it doesn't wait for the lock at all. If another writer holds it, the
+# open goes to a pending file of its own (folded in by the next writer), so 50 logins at once don't queue.
+HOOK_LOCK_TIMEOUT = 0.0
 # No login waits for the close hook (the client has gone), so it may wait longer rather than lose a close.
 HOOK_CLOSE_LOCK_TIMEOUT = 5.0
 # The reaper can wait a little longer, then it skips the tick.

@@ -2,8 +2,9 @@
 
 pam_exec runs it as root under `/usr/bin/python3 -I`, once at open_session and once at close_session, with
 the PAM items in its environment and the per-connection sshd monitor as its parent. The open runs on the
-login path (a login waits for it), so this module imports only what it must; it never blocks a login for
-more than the lock timeout, and it always exits 0. Its own errors go to syslog.
+login path (a login waits for it), so this module imports only what it must, and it never waits for the
+lock: if another writer holds it, the open goes to a pending file of its own. It always exits 0. Its own
+errors go to syslog.
 """
 
 import os

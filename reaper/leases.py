@@ -4,8 +4,8 @@ Writers hold an exclusive flock on the lock file; readers never lock, because ev
 the same directory, fsynced, then renamed over the old one. The PAM hook imports this on the login path,
 so it uses only os, fcntl, _signal and the `_json`-based codec.
 
-A hook that can't get the lock in time (a stuck holder, a machine under heavy load) doesn't lose its event:
-it writes it atomically to its own `pending.*.json` file, without the lock. The next writer folds pending
+A hook that can't have the lock (an open never waits for it; a close waits up to 5 s) doesn't lose its
+event: it writes it atomically to its own `pending.*.json` file, without the lock. The next writer folds pending
 events into the state under the lock, and readers fold them in memory. The state lists the pending files it
 already holds ("merged") until they are deleted, so no event is applied twice.
 
@@ -236,7 +236,8 @@ class FlockLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
-            pass
+            if self.timeout <= 0:
+                raise LockTimeout(f"{lock_path(self.state_dir)} is held by another process") from None
         previous = _signal.signal(_signal.SIGALRM, _expire)
         try:
             _signal.setitimer(_signal.ITIMER_REAL, self.timeout)
