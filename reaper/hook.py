@@ -1,10 +1,10 @@
 """The pam_exec session hook: record each SSH session's open and close as a lease in the state file.
 
-pam_exec runs it as root under `/usr/bin/python3 -I`, once at open_session and once at close_session, with
-the PAM items in its environment and the per-connection sshd monitor as its parent. The open runs on the
-login path (a login waits for it), so this module imports only what it must, and it never waits for the
-lock: if another writer holds it, the open goes to a pending file of its own. It always exits 0. Its own
-errors go to syslog.
+pam_exec runs it as root under `/usr/bin/python3 -I -S` (isolated, and without `site`, which it doesn't need),
+once at open_session and once at close_session, with the PAM items in its environment and the per-connection
+sshd monitor as its parent. The open runs on the login path (a login waits for it), so this module imports
+only what it must, and it never waits for the lock: if another writer holds it, the open goes to a pending
+file of its own. It always exits 0. Its own errors go to syslog.
 """
 
 import os

@@ -9,6 +9,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 HOOK = REPO / "hooks" / "pam-session"
 SYSTEM_PYTHON = "/usr/bin/python3"
 SHIMS = REPO / "tests" / "shims"
+# The hook exactly as pam_exec runs it (packaging/pam-configs/idle-reaper): isolated, and without `site`,
+# which the hook doesn't need and which costs a few ms of every login.
+HOOK_ARGV = [SYSTEM_PYTHON, "-I", "-S", str(HOOK)]
 
 
 def cli_env(**extra):

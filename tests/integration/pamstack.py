@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import tempfile
 
-from tests.conftest import HOOK, REPO, SYSTEM_PYTHON
+from tests.conftest import HOOK_ARGV, REPO
 from tests.integration.sshd import VENV_PYTHON, public_dir
 
 SERVICE = "irt-pam"
@@ -23,7 +23,7 @@ class PamStack:
         self.dir = public_dir("irt-pam-")
         self.pam_d = os.path.join(self.dir, "pam.d")
         shutil.copytree("/etc/pam.d", self.pam_d, symlinks=True)
-        hook = hook_argv or [SYSTEM_PYTHON, "-I", str(HOOK), "--state-dir", state_dir]
+        hook = hook_argv or [*HOOK_ARGV, "--state-dir", state_dir]
         with open(os.path.join(self.pam_d, SERVICE), "w") as f:
             f.write(
                 "auth sufficient pam_permit.so\naccount sufficient pam_permit.so\n"

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from tests.conftest import HOOK, REPO, SYSTEM_PYTHON, cli_env
+from tests.conftest import HOOK_ARGV, REPO, cli_env
 
 VENV_PYTHON = str(REPO / ".venv" / "bin" / "python")
 CLIENT_OPTS = [
@@ -113,7 +113,7 @@ class Sshd:
         with open("/etc/pam.d/sshd") as f:
             pam = f.read()
         if hook_line is True:
-            pam += f"session optional pam_exec.so quiet {SYSTEM_PYTHON} -I {HOOK} --state-dir {state_dir}\n"
+            pam += f"session optional pam_exec.so quiet {' '.join(HOOK_ARGV)} --state-dir {state_dir}\n"
         elif hook_line:
             pam += hook_line.rstrip("\n") + "\n"
         pam_d = os.path.join(self.dir, "pam.d")

@@ -4,7 +4,7 @@ import os
 import subprocess
 import time
 
-from tests.conftest import HOOK, SYSTEM_PYTHON, cli_env
+from tests.conftest import HOOK_ARGV, cli_env
 from tests.integration.sshd import VENV_PYTHON
 
 ENV = {"PAM_USER": "root", "PAM_SERVICE": "sshd", "SSH_CONNECTION": "127.0.0.1 40000 127.0.0.1 22"}
@@ -12,7 +12,7 @@ ENV = {"PAM_USER": "root", "PAM_SERVICE": "sshd", "SSH_CONNECTION": "127.0.0.1 4
 
 def hook(state_dir, pam_type, port):
     env = {**ENV, "PAM_TYPE": pam_type, "SSH_CONNECTION": f"127.0.0.1 {port} 127.0.0.1 22"}
-    subprocess.run([SYSTEM_PYTHON, "-I", str(HOOK), "--state-dir", state_dir], env=env, check=True)
+    subprocess.run([*HOOK_ARGV, "--state-dir", state_dir], env=env, check=True)
 
 
 def start_reap(config_path, state_dir, wait):

@@ -308,5 +308,6 @@ def test_pam_profile_adds_an_optional_quiet_hook_for_interactive_sessions():
         "quiet",
         "/usr/bin/python3",
         "-I",
+        "-S",
         "/usr/share/idle-reaper/hooks/pam-session",
     ]

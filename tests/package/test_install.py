@@ -16,7 +16,7 @@ from tests import debroot
 from tests.package.conftest import apt_install, put, sh
 
 HOOK = "/usr/share/idle-reaper/hooks/pam-session"
-HOOK_LINE = f"session\toptional\tpam_exec.so quiet /usr/bin/python3 -I {HOOK}"
+HOOK_LINE = f"session\toptional\tpam_exec.so quiet /usr/bin/python3 -I -S {HOOK}"
 PAM_DIR = "etc/pam.d"
 UNITS = (
     "/lib/systemd/system/idle-reaper.service /lib/systemd/system/idle-reaper.timer /lib/systemd/system/idle-reaper.path"
@@ -107,7 +107,7 @@ def test_installed_hook_records_a_session_as_pam_exec_runs_it(root, deb):
     )
     out = sh(
         root,
-        f"{env} /usr/bin/python3 -I {HOOK}; echo rc=$?; cat /run/idle-reaper/state.json",
+        f"{env} /usr/bin/python3 -I -S {HOOK}; echo rc=$?; cat /run/idle-reaper/state.json",
     )
     rc, state = out.stdout.split("\n", 1)
     assert rc == "rc=0"
@@ -183,7 +183,7 @@ def test_purge_leaves_nothing_behind(root, deb):
     (path,) = put(root, deb)
     before = _snapshot(root)
     # Install, use (the hook writes state), purge: all in one run, so /run is the same tmpfs throughout.
-    hook = f"env -i PAM_TYPE=open_session PAM_USER=root PAM_SERVICE=sshd /usr/bin/python3 -I {HOOK}"
+    hook = f"env -i PAM_TYPE=open_session PAM_USER=root PAM_SERVICE=sshd /usr/bin/python3 -I -S {HOOK}"
     script = f"{apt_install(path)} >/dev/null; {hook}; echo used $(ls /run/idle-reaper)"
     out = sh(root, f"{script}; apt-get purge -y -q idle-reaper >/dev/null; echo left $(ls -A /run)").stdout
     lines = dict(line.split(" ", 1) for line in out.splitlines() if line.startswith(("used ", "left ")))

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from reaper import clock, leases
-from tests.conftest import REPO, SYSTEM_PYTHON, cli_env
+from tests.conftest import HOOK_ARGV, REPO, SYSTEM_PYTHON, cli_env
 from tests.integration.sshd import VENV_PYTHON, idle_reaper, status
 from tests.reliability.conftest import due_config
 
@@ -84,7 +84,7 @@ def test_a_stuck_lock_holder_delays_a_login_by_about_a_second_the_reaper_skips_a
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     env = {"PAM_USER": "root", "PAM_SERVICE": "sshd", "SSH_CONNECTION": "127.0.0.1 1 127.0.0.1 22"}
-    hook = [SYSTEM_PYTHON, "-I", str(REPO / "hooks/pam-session"), "--state-dir", state_dir]
+    hook = [*HOOK_ARGV, "--state-dir", state_dir]
     try:
         assert holder.stdout.readline().strip() == "held"
         start = time.monotonic()

@@ -62,11 +62,11 @@ def test_hostile_values_are_stored_safely_and_shown_escaped(require_root, state_
 def test_100_kb_values_in_every_item_are_clipped_when_run_as_pam_exec_runs_the_hook(require_root, state_dir):
     import subprocess
 
-    from tests.conftest import HOOK, SYSTEM_PYTHON
+    from tests.conftest import HOOK_ARGV
 
     env = {"PAM_TYPE": "open_session", "PAM_SERVICE": "sshd", "PAM_USER": HUGE, "PAM_RHOST": HUGE, "PAM_TTY": HUGE,
            "SSH_CONNECTION": HUGE, "SSH_AUTH_INFO_0": "publickey ssh-ed25519 " + HUGE}  # fmt: skip
-    done = subprocess.run([SYSTEM_PYTHON, "-I", str(HOOK), "--state-dir", state_dir], env=env, capture_output=True)
+    done = subprocess.run([*HOOK_ARGV, "--state-dir", state_dir], env=env, capture_output=True)
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
     (lease,) = leases.read_state(state_dir)["leases"]
     assert all(len(lease[f]) == leases.MAX_FIELD for f in ("user", "rhost", "tty", "conn"))

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from reaper import clock, leases
-from tests.conftest import HOOK, SYSTEM_PYTHON, cli_env
+from tests.conftest import HOOK_ARGV, cli_env
 from tests.integration.sshd import idle_reaper
 
 FULL = os.environ.get("IDLE_REAPER_FULL") == "1"
@@ -31,7 +31,7 @@ def session_parent(state_dir, port, pause):
 
     It prints "done" once both hooks returned, then waits on stdin: a lost close can't hide behind a dead parent.
     """
-    hook = f"{SYSTEM_PYTHON} -I {HOOK} --state-dir {state_dir}"
+    hook = f"{' '.join(HOOK_ARGV)} --state-dir {state_dir}"
     script = (
         f"env PAM_TYPE=open_session {hook} && sleep {pause:.3f} && env PAM_TYPE=close_session {hook} "
         "&& echo done && read x"
@@ -132,7 +132,7 @@ def test_writers_sigkilled_at_random_moments_never_corrupt_the_state(require_roo
             what = None
         else:
             port += 1
-            writer = subprocess.Popen([SYSTEM_PYTHON, "-I", str(HOOK), "--state-dir", state_dir],
+            writer = subprocess.Popen([*HOOK_ARGV, "--state-dir", state_dir],
                                       env=pam_env("open_session", port))  # fmt: skip
             what = port
         time.sleep(rng.uniform(0, 0.12))

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from reaper import leases
-from tests.conftest import HOOK, REPO, SYSTEM_PYTHON, cli_env
+from tests.conftest import HOOK_ARGV, REPO, SYSTEM_PYTHON, cli_env
 from tests.integration.sshd import idle_reaper, status
 from tests.reliability.conftest import due_config
 
@@ -19,7 +19,7 @@ DEBIAN_CLI = [SYSTEM_PYTHON, "-I", "-c", f"import sys; sys.path.insert(0, {str(R
 
 
 def hook(state_dir, pam_type="open_session", user=None, **env):
-    argv = [SYSTEM_PYTHON, "-I", str(HOOK), "--state-dir", state_dir]
+    argv = [*HOOK_ARGV, "--state-dir", state_dir]
     if user:
         argv = ["/usr/sbin/runuser", "-u", user, "--", *argv]
     env = {"PAM_TYPE": pam_type, "PAM_USER": "root", "PAM_SERVICE": "sshd", "PAM_RHOST": "127.0.0.1",

@@ -1,4 +1,4 @@
-"""The hook as pam_exec runs it: /usr/bin/python3 -I, PAM items in the environment, exit 0 whatever happens."""
+"""The hook as pam_exec runs it: /usr/bin/python3 -I -S, PAM items in the environment, exit 0 whatever happens."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from reaper import hook
-from tests.conftest import HOOK, REPO, SYSTEM_PYTHON
+from tests.conftest import HOOK_ARGV, REPO, SYSTEM_PYTHON
 
 # The environment pam_exec gives the hook: PAM items, sshd's variables, no PATH, no HOME.
 PAM_ENV = {
@@ -21,7 +21,7 @@ PAM_ENV = {
 
 
 def run_hook(state_dir, **env):
-    return subprocess.run([SYSTEM_PYTHON, "-I", str(HOOK), "--state-dir", str(state_dir)],
+    return subprocess.run([*HOOK_ARGV, "--state-dir", str(state_dir)],
                           env={**PAM_ENV, **env}, capture_output=True, text=True, timeout=10)  # fmt: skip
 
 
@@ -79,7 +79,7 @@ def test_the_environment_cannot_choose_the_state_dir(tmp_path):
 )
 def test_it_always_exits_0_and_prints_nothing(tmp_path, args, env):
     argv = args or ["--state-dir", str(tmp_path / "s")]
-    done = subprocess.run([SYSTEM_PYTHON, "-I", str(HOOK), *argv], env={**PAM_ENV, **env},
+    done = subprocess.run([*HOOK_ARGV, *argv], env={**PAM_ENV, **env},
                           capture_output=True, text=True, timeout=10)  # fmt: skip
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
 

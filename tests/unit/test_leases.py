@@ -328,13 +328,13 @@ def test_pending_events_of_another_boot_or_unusable_are_dropped(state_dir):
 def test_the_hook_records_a_pending_event_when_the_lock_is_busy(state_dir):
     import subprocess
 
-    from tests.conftest import HOOK, SYSTEM_PYTHON
+    from tests.conftest import HOOK_ARGV
 
     env = {"PAM_TYPE": "open_session", "PAM_USER": "root", "PAM_SERVICE": "sshd",
            "SSH_CONNECTION": "127.0.0.1 5 127.0.0.1 22"}  # fmt: skip
     with filelock.FileLock(leases.lock_path(state_dir), timeout=1):
         start = time.monotonic()
-        subprocess.run([SYSTEM_PYTHON, "-I", str(HOOK), "--state-dir", state_dir], env=env, check=True)
+        subprocess.run([*HOOK_ARGV, "--state-dir", state_dir], env=env, check=True)
         assert time.monotonic() - start < 2.0
         assert [n for n in os.listdir(state_dir) if n.startswith("pending.")]
     (found,) = leases.load(state_dir, leases.read_state(state_dir)["boot"] if leases.read_state(state_dir) else
@@ -346,12 +346,12 @@ def test_the_hook_records_a_pending_event_when_the_state_is_unusable(state_dir):
     import subprocess
 
     from reaper import clock
-    from tests.conftest import HOOK, SYSTEM_PYTHON
+    from tests.conftest import HOOK_ARGV
 
     with open(leases.state_path(state_dir), "w") as f:
         f.write("{corrupt")
     env = {"PAM_TYPE": "open_session", "PAM_USER": "root", "PAM_SERVICE": "sshd"}
-    subprocess.run([SYSTEM_PYTHON, "-I", str(HOOK), "--state-dir", state_dir], env=env, check=True)
+    subprocess.run([*HOOK_ARGV, "--state-dir", state_dir], env=env, check=True)
     with open(leases.state_path(state_dir)) as f:
         assert f.read() == "{corrupt", "the hook leaves the unusable file for the reaper to set aside"
     os.rename(leases.state_path(state_dir), leases.state_path(state_dir) + ".bad-1")
