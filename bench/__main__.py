@@ -157,6 +157,8 @@ def main(argv=None):
                 _progress("row 7: waiting for the idle watch to end")
                 rows.extend(watch.rows())
     finally:
+        if watch is not None:
+            watch.stop()  # its machine must be gone before the image goes
         if image_cm is not None:
             image_cm.__exit__(None, None, None)
         shutil.rmtree(deb_dir, ignore_errors=True)

@@ -1,7 +1,8 @@
 """Row 3: the hook under contention: 50 logins at once, 20 rounds, through a real PAM stack (pam_exec).
 
 A copy of /etc/pam.d with two benchmark services is bind-mounted over /etc/pam.d in a private mount namespace
-(as tests/integration/pamstack.py does; /etc is untouched): one runs our hook, the other `python3 -I -c pass`.
+(as tests/integration/pamstack.py does; /etc is untouched): one runs our hook as the package does, the other the
+same interpreter and flags doing nothing (`-c pass`).
 Rounds of each alternate, in a random order. bench/crowd_conductor.py runs the sessions and checks the state.
 """
 
@@ -11,7 +12,7 @@ import random
 import shutil
 import subprocess
 
-from bench import HOOK, REPO, SYSTEM_PYTHON, VENV_PYTHON, stats
+from bench import HOOK_ARGV, NOOP_ARGV, NOOP_SHOWN, REPO, VENV_PYTHON, stats
 from bench.proc import remove, tmpfs_dir
 from bench.table import Row, met
 
@@ -22,8 +23,8 @@ TARGET_P99 = 0.250
 
 def write_services(pam_d, state_dir):
     hooks = {
-        HOOK_SERVICE: f"{SYSTEM_PYTHON} -I {HOOK} --state-dir {state_dir}",
-        NOOP_SERVICE: f"{SYSTEM_PYTHON} -I -c pass",
+        HOOK_SERVICE: f"{' '.join(HOOK_ARGV)} --state-dir {state_dir}",
+        NOOP_SERVICE: " ".join(NOOP_ARGV),
     }
     for service, hook in hooks.items():
         with open(os.path.join(pam_d, service), "w") as f:
@@ -75,7 +76,7 @@ def run(quick=False, seed=3):
         "every open and close recorded exactly once, nothing left over" if nothing_lost else "; ".join(problems[:5])
     )
     notes = [
-        f"p99 of the open: ours {stats.ms(p99)} ms, `python3 -I -c pass` {stats.ms(p99_pass)} ms;"
+        f"p99 of the open: ours {stats.ms(p99)} ms, {NOOP_SHOWN} {stats.ms(p99_pass)} ms;"
         f" close: ours median {stats.spread(closes[HOOK_SERVICE])} ms, p99 {stats.ms(close_p99)} ms",
         f"state checked after every phase of every round: {checked}",
         f"pending files seen at those checks (events a hook wrote aside when the lock wait timed out): {pending}",
@@ -84,7 +85,7 @@ def run(quick=False, seed=3):
         Row(
             "3",
             f"hook under contention: {sessions} PAM sessions at once, {pairs} rounds; p99 of the open",
-            f"pam_exec `python3 -I -c pass`, same crowd: median {stats.spread(opens[NOOP_SERVICE])} ms",
+            f"pam_exec {NOOP_SHOWN}, same crowd: median {stats.spread(opens[NOOP_SERVICE])} ms",
             f"{stats.spread(opens[HOOK_SERVICE])} ms; p99 {stats.ms(p99)} ms; nothing lost: {met(nothing_lost)}",
             stats.fmt_ratio(stats.ratio(p99, p99_pass)) + " (p99)",
             f"p99 <= {TARGET_P99 * 1000:.0f} ms; nothing lost",

@@ -11,11 +11,11 @@ import os
 import random
 import struct
 
-from bench import HOOK, SYSTEM_PYTHON, stats
+from bench import HOOK_ARGV, NOOP_ARGV, NOOP_SHOWN, stats
 from bench.proc import remove, run_timed, tmpfs_dir
 from bench.table import Row, met
 
-PASS_ARGV = [SYSTEM_PYTHON, "-I", "-c", "pass"]
+PASS_ARGV = NOOP_ARGV
 TARGET_OPEN = 1.5
 
 
@@ -40,7 +40,7 @@ def pam_env(pam_type, user="nobody", port=40000, service="sshd"):
 
 
 def hook_argv(state_dir):
-    return [SYSTEM_PYTHON, "-I", str(HOOK), "--state-dir", state_dir]
+    return [*HOOK_ARGV, "--state-dir", state_dir]
 
 
 def read_state(state_dir):
@@ -52,7 +52,7 @@ def read_state(state_dir):
 
 
 def run(quick=False, seed=6):
-    """Return the Rows of the hook alone: open and close against `python3 -I -c pass`, interleaved."""
+    """Return the Rows of the hook alone: open and close against the same interpreter doing nothing, interleaved."""
     rounds = 5 if quick else 200
     rng = random.Random(seed)  # noqa: S311 - reproducible orders, not secrets
     state_dir = os.path.join(tmpfs_dir("irb-hook-"), "state")
@@ -86,7 +86,7 @@ def run(quick=False, seed=6):
     open_ratio = stats.ratio(stats.median(times["open"]), base)
     close_ratio = stats.ratio(stats.median(times["close"]), base)
     notes = tuple(problems[:5])
-    against = f"`python3 -I -c pass`, same env: {stats.spread(times['pass'])} ms"
+    against = f"{NOOP_SHOWN}, same env: {stats.spread(times['pass'])} ms"
     return [
         Row(
             "2a",
@@ -101,7 +101,7 @@ def run(quick=False, seed=6):
         Row(
             "2b",
             "hook alone: close_session (off the login path)",
-            "the same runs of `python3 -I -c pass`",
+            f"the same runs of {NOOP_SHOWN}",
             f"{stats.spread(times['close'])} ms",
             stats.fmt_ratio(close_ratio),
             "- (not a login delay)",

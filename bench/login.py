@@ -1,7 +1,8 @@
 """Row 1: real `ssh ... true` logins to real sshds on 127.0.0.1, interleaved across three PAM stacks.
 
 Three sshd instances run side by side (tests/integration/sshd.py), identical but for one line in their PAM
-session stack: none; pam_exec of `python3 -I -c pass` (the floor for any Python hook); our hook. Each round
+session stack: none; pam_exec of the hook's interpreter and flags doing nothing (`-c pass`: the floor for any
+Python hook); our hook as the package's PAM profile runs it. Each round
 logs in once to each, in a random order. After each login the next waits until that sshd has no
 per-connection process left (the close hook has ended), then pauses a little more.
 """
@@ -10,13 +11,13 @@ import os
 import random
 import time
 
-from bench import SYSTEM_PYTHON, stats
+from bench import HOOK_ARGV, NOOP_ARGV, NOOP_SHOWN, stats
 from bench.proc import remove, run_timed, tmpfs_dir
 from bench.table import Row, met
 from tests.integration.sshd import Sshd, Users
 
 USER = "irb-login"
-PASS_LINE = f"session optional pam_exec.so quiet {SYSTEM_PYTHON} -I -c pass"
+PASS_LINE = f"session optional pam_exec.so quiet {' '.join(NOOP_ARGV)}"
 TARGET = 1.03
 PAUSE = 0.1  # after the close hook has ended, before the next login
 LABELS = ("none", "pass", "ours")
@@ -61,7 +62,8 @@ def run(quick=False, seed=1):
         state_dir = os.path.join(work, "state")
         servers["none"] = Sshd(users, state_dir, hook_line=False)
         servers["pass"] = Sshd(users, state_dir, hook_line=PASS_LINE)
-        servers["ours"] = Sshd(users, state_dir, hook_line=True)
+        ours = f"session optional pam_exec.so quiet {' '.join(HOOK_ARGV)} --state-dir {state_dir}"
+        servers["ours"] = Sshd(users, state_dir, hook_line=ours)
         warmup = 0 if quick else 2
         for i in range(rounds + warmup):
             order = list(LABELS)
@@ -112,7 +114,7 @@ def run(quick=False, seed=1):
         Row(
             "1a",
             "SSH login (`ssh ... true`), our hook",
-            f"pam_exec `python3 -I -c pass`: {stats.spread(times['pass'])} ms",
+            f"pam_exec {NOOP_SHOWN}: {stats.spread(times['pass'])} ms",
             ours,
             stats.fmt_ratio(vs_pass),
             f"<= {TARGET}x",

@@ -127,12 +127,15 @@ def is_start(entry):
     return entry.get("MESSAGE_ID") == UNIT_STARTING and entry.get("_PID") == "1"
 
 
-def watch_idle(image, minutes):
-    """Boot a machine with a far deadline, watch it `minutes` minutes; return (start times, timer properties)."""
+def watch_idle(image, minutes, stop=None):
+    """Boot a machine with a far deadline, watch it `minutes` minutes; return (start times, timer properties).
+
+    Setting the event `stop` ends the watch early (the run was interrupted)."""
     h = harness()
     with image.machine("inactivity_duration: 1h\n", name="irb-idle") as m:
         m.boot()
-        time.sleep(minutes * 60)
+        if stop is not None and stop.wait(minutes * 60):
+            raise RuntimeError("the watch was stopped early")
         props = m.inside(
             ["systemctl", "show", "-p", "TimersMonotonic", "-p", "AccuracyUSec", "idle-reaper.timer"], check=False
         ).stdout.strip()
@@ -149,14 +152,20 @@ class IdleWatch:
         self.minutes = minutes
         self.result = None
         self.error = None
+        self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(image,), name="idle-watch", daemon=True)
         self.thread.start()
 
     def _run(self, image):
         try:
-            self.result = watch_idle(image, self.minutes)
+            self.result = watch_idle(image, self.minutes, self.stopping)
         except BaseException:  # noqa: BLE001 - reported in the table
             self.error = traceback.format_exc(limit=3)
+
+    def stop(self):
+        """End the watch now (its machine is shut down) and wait for it."""
+        self.stopping.set()
+        self.thread.join(120)
 
     def rows(self):
         self.thread.join(self.minutes * 60 + 300)
