@@ -57,8 +57,8 @@ def main(argv=None):
     work = tmpfs_dir("irb-profile-")
     processes = stop = None
     try:
-        processes = Processes(args.leases)
         with empty_netns():
+            processes = Processes(args.leases)  # in the namespace: their connections are the ticks' to see
             session_leases = []
             if args.sessions:
                 stop, session_leases = real_sessions(args.sessions, work)

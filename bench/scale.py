@@ -145,7 +145,7 @@ def synthetic_state(n, helpers, boot, now, stale_every=0, seed=4):
         if stale_every and i % stale_every == stale_every - 1:
             pid, start = (4_000_000 + i, start) if (i // stale_every) % 2 else (pid, start + 1)  # gone, reused
             port = server_port = 9  # and its connection is gone
-        key = fake_auth_info(i).split()[2][:43]
+        key = fake_auth_info(999 if user == "probe" else i % 37).split()[2][:43]  # one key per user
         leases.append(
             {
                 "user": user, "uid": 1000 + i % 37, "service": "sshd", "rhost": client, "tty": "ssh",
