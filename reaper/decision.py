@@ -4,7 +4,7 @@ Inputs are the config, the boot-relative clock, the state (leases and closed ses
 evidence from the live system. Nothing here reads a file or the clock.
 """
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from reaper import live, policy
 from reaper.durations import format_seconds
@@ -19,8 +19,7 @@ DISABLED = "disabled"
 UNKNOWN = "unknown"
 
 
-@dataclass(frozen=True)
-class SessionView:
+class SessionView(NamedTuple):
     user: str | None
     service: str | None
     rhost: str | None
@@ -38,8 +37,7 @@ class SessionView:
     container: bool = False  # seen in the live system, served by an sshd in a container on this machine
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     state: str
     reason: str
     idle_seconds: float
@@ -49,7 +47,7 @@ class Decision:
     last_activity: str | None = None  # what idle_since is
     blocked: str | None = None  # why the action is not run although the time has come
     blocked_kind: str | None = None  # "acted", "pending" (a young session) or "unchecked" (evidence unclear)
-    sessions: tuple = field(default_factory=tuple)
+    sessions: tuple = ()
     next_check: float | None = None  # seconds until the decision may change by itself
 
 
@@ -127,7 +125,7 @@ def decide(config, now, boot_started, state, evidence, state_problem=None):
             pending.append((view, config.min_session - age))
 
     unexplained = []
-    index = live.LeaseIndex(leases) if evidence.sessions else None
+    index = (evidence.index or live.LeaseIndex(leases)) if evidence.sessions else None
     for session in evidence.sessions:
         if index.explaining(session) is not None:
             continue

@@ -10,13 +10,12 @@ The reaper refuses to act while such a session is not explained by a lease.
 """
 
 import pwd
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from reaper import clock, defaults, system
 
 
-@dataclass(frozen=True)
-class LiveSession:
+class LiveSession(NamedTuple):
     """An authenticated SSH connection seen in the kernel, and the sshd processes serving it."""
 
     client: str
@@ -34,13 +33,16 @@ class LiveSession:
         return (self.client, self.client_port, self.server, self.server_port)
 
 
-@dataclass
 class Evidence:
-    established: set
-    live: list  # one bool per lease of the state, in order
-    sessions: list = field(default_factory=list)  # LiveSession
-    checked: bool = False  # True if the live sessions could be read completely
-    why_unchecked: str | None = None
+    """What the live system says: ESTABLISHED connections, which leases are live, the SSH sessions now."""
+
+    def __init__(self, established, live, sessions=(), checked=False, why_unchecked=None, index=None):
+        self.established = established
+        self.live = live  # one bool per lease of the state, in order
+        self.sessions = list(sessions)  # LiveSession
+        self.checked = checked  # True if the live sessions could be read completely
+        self.why_unchecked = why_unchecked
+        self.index = index  # a LeaseIndex of the same leases, if gather() built one
 
 
 def lease_tuple(lease):
@@ -55,12 +57,13 @@ def lease_tuple(lease):
     )
 
 
-def lease_live(lease, established, proc=defaults.PROC, start_of=None):
+def lease_live(lease, established, proc=defaults.PROC, start_of=None, conn=False):
     """True if the lease's monitor process is the same process still, or its connection is ESTABLISHED.
 
     `start_of(pid)` returns a process's start time; by default it reads /proc (gather() passes a cached one).
+    `conn` is the lease's lease_tuple(), if the caller has it already.
     """
-    if lease_tuple(lease) in established:  # a set lookup first: a live session's connection is up
+    if (lease_tuple(lease) if conn is False else conn) in established:  # a set lookup first
         return True
     pid, start = lease.get("pid"), lease.get("pid_start")
     if pid:
@@ -139,9 +142,13 @@ def gather(leases, proc=defaults.PROC):
             starts[pid] = clock.process_start_ticks(pid, proc)
         return starts[pid]
 
-    evidence = Evidence(established, [lease_live(lease, established, proc, start_of) for lease in leases])
+    index = LeaseIndex(leases)
+    live = [
+        lease_live(lease, established, proc, start_of, conn) for lease, conn in zip(leases, index.conns, strict=True)
+    ]
+    evidence = Evidence(established, live, index=index)
     listening = {s.local_port for s in sockets if s.state == system.TCP_LISTEN}
-    known = LeaseIndex(leases).by_conn
+    known = index.by_conn
     if all(s.tuple in known for s in sockets if s.state == system.TCP_ESTABLISHED and s.local_port in listening):
         evidence.checked = True
         return evidence
@@ -162,8 +169,10 @@ class LeaseIndex:
     def __init__(self, leases):
         self.by_conn = {}
         self.by_process = {}
+        self.conns = []  # each lease's lease_tuple(), in order
         for lease in leases:
             conn = lease_tuple(lease)
+            self.conns.append(conn)
             if conn is not None:
                 self.by_conn.setdefault(conn, lease)
             if lease.get("pid") is not None:

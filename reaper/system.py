@@ -63,7 +63,80 @@ def _hex_ip(text, known):
 
 
 def tcp_sockets(proc=defaults.PROC):
-    """Return the ESTABLISHED and LISTEN TCP sockets (IPv4 and IPv6) of this network namespace."""
+    """Return the ESTABLISHED and LISTEN TCP sockets (IPv4 and IPv6) of this network namespace.
+
+    Asks the kernel over netlink (sock_diag, as `ss` does): it filters by state and answers in binary, where
+    /proc/net/tcp renders every socket as text for us to split, which at 20,000 sockets was a quarter of a
+    tick. Falls back to /proc/net/tcp where netlink is not allowed. A test `proc` (not /proc) reads files.
+    """
+    if proc == defaults.PROC:
+        try:
+            return _sock_diag()
+        except OSError:
+            pass
+    return _proc_net_tcp(proc)
+
+
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST_DUMP = 0x301
+_NLMSG_ERROR = 2
+_NLMSG_DONE = 3
+_STATES = {1: TCP_ESTABLISHED, 10: TCP_LISTEN}
+
+
+def _sock_diag():
+    import _socket
+    import struct
+
+    out = []
+    known = {}
+    sock = _socket.socket(16, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG)  # AF_NETLINK
+    try:
+        for family, width in ((_socket.AF_INET, 4), (_socket.AF_INET6, 16)):
+            # nlmsghdr, then inet_diag_req_v2: family, IPPROTO_TCP, no extensions, the states wanted, any id.
+            request = struct.pack("=IHHII", 16 + 56, _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP, family, 0)
+            request += struct.pack("=BBBBI", family, 6, 0, 0, (1 << 1) | (1 << 10)) + bytes(48)
+            sock.sendto(request, (0, 0))
+            done = False
+            while not done:
+                data = sock.recv(1 << 20)
+                offset = 0
+                while offset + 16 <= len(data):
+                    length, kind = struct.unpack_from("=IH", data, offset)
+                    if kind == _NLMSG_DONE:
+                        done = True
+                        break
+                    if kind == _NLMSG_ERROR:
+                        (errno,) = struct.unpack_from("=i", data, offset + 16)
+                        raise OSError(-errno, "sock_diag refused the dump")
+                    if kind == _SOCK_DIAG_BY_FAMILY:
+                        state = data[offset + 17]
+                        sport, dport = struct.unpack_from(">HH", data, offset + 20)
+                        src = data[offset + 24 : offset + 24 + width]
+                        dst = data[offset + 40 : offset + 40 + width]
+                        (inode,) = struct.unpack_from("=I", data, offset + 16 + 68)
+                        if state in _STATES:
+                            out.append(Socket(_packed_ip(family, src, known), sport, _packed_ip(family, dst, known),
+                                              dport, _STATES[state], inode))  # fmt: skip
+                    if length < 16:
+                        raise OSError("sock_diag: a malformed message")
+                    offset += (length + 3) & ~3
+    finally:
+        sock.close()
+    return out
+
+
+def _packed_ip(family, raw, known):
+    key = (family, raw)
+    if key not in known:
+        import _socket
+
+        known[key] = normalize_ip(_socket.inet_ntop(family, raw))
+    return known[key]
+
+
+def _proc_net_tcp(proc):
     out = []
     known = {}
     for name in ("tcp", "tcp6"):

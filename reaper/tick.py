@@ -11,7 +11,7 @@ the wait counts afresh from there.
 
 import os
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from reaper import actions, clock, config, decision, defaults, leases, live
 from reaper.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, ReaperError
@@ -23,8 +23,7 @@ WAKE_SLACK = 0.05
 WATCH_INTERVAL = 0.5
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(NamedTuple):
     config: str
     state_dir: str
     proc: str = defaults.PROC
@@ -76,7 +75,8 @@ class _StateLock:
 def _adopt(state, evidence, boot):
     """Record live SSH sessions the state doesn't explain, so their end is noticed. Return True if any."""
     added = False
-    index = live.LeaseIndex(state["leases"])
+    # gather()'s index: the leases ended since (stale) can't explain a live session, so it still serves.
+    index = evidence.index or live.LeaseIndex(state["leases"])
     for session in evidence.sessions:
         if index.explaining(session) is None:
             state["leases"].append(
@@ -92,8 +92,7 @@ def _adopt(state, evidence, boot):
     return added
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
     decision: object
     state: dict | None  # this boot's state, None if unusable
     problem: str | None  # why the state is unusable

@@ -184,3 +184,21 @@ def test_the_lease_index_finds_a_session_by_connection_or_by_process():
     other = live.LiveSession("192.0.2.9", 1, "127.0.0.1", 22, 1000, "bob", 300, 78)
     assert index.explaining(by_conn) is lease and index.explaining(by_proc) is lease
     assert index.explaining(other) is None
+
+
+def test_netlink_and_proc_net_tcp_see_the_same_sockets():
+    pairs = []
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        server = socket.create_server((host, 0), family=family)
+        client = socket.create_connection(server.getsockname()[:2])
+        accepted, _ = server.accept()
+        pairs += [server, client, accepted]
+    try:
+        from_netlink = set(system._sock_diag())
+        from_proc = set(system._proc_net_tcp("/proc"))
+        assert from_netlink == from_proc
+        ours = {s for s in from_netlink if s.local_port in {p.getsockname()[1] for p in pairs}}
+        assert {s.state for s in ours} == {system.TCP_LISTEN, system.TCP_ESTABLISHED} and len(ours) >= 6
+    finally:
+        for s in pairs:
+            s.close()
