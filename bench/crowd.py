@@ -79,7 +79,7 @@ def run(quick=False, seed=3):
         f"p99 of the open: ours {stats.ms(p99)} ms, {NOOP_SHOWN} {stats.ms(p99_pass)} ms;"
         f" close: ours median {stats.spread(closes[HOOK_SERVICE])} ms, p99 {stats.ms(close_p99)} ms",
         f"state checked after every phase of every round: {checked}",
-        f"pending files seen at those checks (events a hook wrote aside when the lock wait timed out): {pending}",
+        f"pending files seen at those checks (opens that found the lock busy, folded in later): {pending}",
     ]
     return [
         Row(
