@@ -16,7 +16,8 @@ from bench.proc import remove, run_timed, tmpfs_dir
 from bench.table import Row, met
 from tests.integration.sshd import Sshd, Users
 
-USER = "irb-login"
+# Unique per run: two runs at once (make test runs the smoke test) must not share, or delete, a test user.
+USER = f"irb-login-{os.getpid()}"
 PASS_LINE = f"session optional pam_exec.so quiet {' '.join(NOOP_ARGV)}"
 TARGET = 1.03
 PAUSE = 0.1  # after the close hook has ended, before the next login

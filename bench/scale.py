@@ -82,7 +82,7 @@ IMPORTS = "import sys; sys.path.insert(0, {repo!r}); import {modules}"
 # What each command has imported by the time it is done (python -X importtime), imported and nothing done.
 REAP_MODULES = "reaper.cli, reaper.log, reaper.tick, filelock, syslog"
 STATUS_MODULES = "reaper.cli, reaper.log, reaper.status, json"
-SESSION_USER = "irb-scale"
+SESSION_USER = f"irb-scale-{os.getpid()}"  # unique per run, as bench/login.py's
 CONFIG = """\
 inactivity_duration: 1w
 min_session: 10s
