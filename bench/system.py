@@ -15,6 +15,7 @@ import json
 import threading
 import time
 import traceback
+import uuid
 
 from bench import stats
 from bench.table import ERROR, Row, met
@@ -49,7 +50,7 @@ def config(duration, min_session=MIN_SESSION):
 
 def deadline_run(image, name, duration, with_session):
     """Boot one machine; return its Poweroff (when it powered off, against its deadline)."""
-    with image.machine(config(duration), name=f"irb-{name}") as m:
+    with image.machine(config(duration), name=f"irb-{name}-{uuid.uuid4().hex[:6]}") as m:
         m.boot()
         if with_session:
             session = m.ssh("dev")
@@ -132,7 +133,7 @@ def watch_idle(image, minutes, stop=None):
 
     Setting the event `stop` ends the watch early (the run was interrupted)."""
     h = harness()
-    with image.machine("inactivity_duration: 1h\n", name="irb-idle") as m:
+    with image.machine("inactivity_duration: 1h\n", name=f"irb-idle-{uuid.uuid4().hex[:6]}") as m:
         m.boot()
         if stop is not None and stop.wait(minutes * 60):
             raise RuntimeError("the watch was stopped early")
