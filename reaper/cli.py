@@ -76,7 +76,7 @@ def _paths(args):
 def handle_status(args, paths):
     from reaper import status
 
-    cfg = config.load(paths.config)
+    cfg = config.load(paths.config, cache_dir=paths.state_dir)
     view = status.build(paths, cfg)
     if args.json:
         # Indented for a person at a terminal; compact for a program (with indent, json encodes in pure Python).

@@ -1,23 +1,24 @@
 """The configuration: /etc/idle-reaper/config.yaml, strictly checked, with errors that point at file and line.
 
 SCHEMA below is the single source for the checks, the defaults, the sample config the package ships and the
-reference in README.md and the man page (tests keep those in step with it).
+reference in README.md and the man page (tests keep those in step with it). config_parse reads the YAML.
+
+The reaper reads the config afresh on every tick, so an edit applies without a restart. Parsing it means
+importing yaml and humanfriendly, about 25 ms, most of a quiet tick; so a tick keeps what it parsed in the
+state dir, keyed by the file's identity (device, inode, size, mtime and ctime: any write changes ctime), and
+the next tick uses that while the file is unchanged.
 """
 
 import ipaddress
 import os
-import re
 import stat
 from typing import NamedTuple
 
-import yaml
-
-from reaper import durations
+from reaper import __version__, durations, leases
 from reaper.errors import ConfigError
 
 MAX_CONFIG_BYTES = 64 * 1024
 POWEROFF = ("systemctl", "poweroff")
-_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 
 
 class Config(NamedTuple):  # NamedTuples here and elsewhere: `dataclasses` imports `inspect`, 7 ms a tick
@@ -77,22 +78,9 @@ SCHEMA = (
         'poweroff, or a command as a list run without a shell, e.g. ["/usr/local/bin/stop-me", "--now"]',
     ),
 )
-_ALLOWED = {o.key: o.allowed for o in SCHEMA}
-_TOP_KEYS = ("inactivity_duration", "min_session", "services", "ignore", "action")
-_IGNORE_KEYS = ("users", "networks", "keys")
-
-
-class _Errors:
-    """Collects one line per problem: "FILE:LINE: KEY: what is wrong; allowed: ..."."""
-
-    def __init__(self, path):
-        self.path = path
-        self.lines = []
-
-    def add(self, node, key, message, allowed=None):
-        where = f"{self.path}:{node.start_mark.line + 1}" if node is not None else self.path
-        tail = f" (allowed: {allowed})" if allowed else ""
-        self.lines.append(f"{where}: {key}: {message}{tail}" if key else f"{where}: {message}{tail}")
+ALLOWED = {o.key: o.allowed for o in SCHEMA}
+TOP_KEYS = ("inactivity_duration", "min_session", "services", "ignore", "action")
+IGNORE_KEYS = ("users", "networks", "keys")
 
 
 def default_path(cli_value, environ):
@@ -101,35 +89,34 @@ def default_path(cli_value, environ):
     return cli_value or environ.get(defaults.CONFIG_ENV) or defaults.CONFIG_PATH
 
 
-def load(path, check_owner=True):
-    """Given a config path, return a Config. Raise ConfigError with one line per problem."""
-    text = _read(path, check_owner)
-    errors = _Errors(path)
+CACHE_FILE = "config.cache.json"
+
+
+def load(path, cache_dir=None, keep=False, check_owner=True):
+    """Given a config path, return a Config. Raise ConfigError with one line per problem.
+
+    With `cache_dir`, use the parse a tick kept there if the file is unchanged; with `keep` too (the reaper,
+    as root), keep this parse there for the next tick.
+    """
+    fd, st = _open(path, check_owner)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        hint = "; YAML does not allow tabs for indentation, use spaces" if "\\t" in problem or "tab" in problem else ""
-        raise ConfigError(f"{path}{line}: not valid YAML: {problem}{hint}") from None
-    if root is None:
-        raise ConfigError(
-            f"{path}: inactivity_duration: required, and the file is empty (allowed: {durations.ALLOWED})"
-        )
-    if not isinstance(root, yaml.MappingNode):
-        raise ConfigError(f"{path}:{root.start_mark.line + 1}: the top level must be a mapping of keys")
-    top = _mapping(root, "", errors)
-    if "type" in top:
-        config = _from_dstack(path, top, errors)
-    else:
-        config = _from_own(path, top, errors)
-    if errors.lines:
-        raise ConfigError("\n".join(errors.lines))
+        key = _cache_key(path, st)
+        cached = _cached(cache_dir, key, path) if cache_dir else None
+        if cached is not None:
+            return cached
+        text = _read(path, fd)
+    finally:
+        os.close(fd)
+    from reaper import config_parse
+
+    config = config_parse.parse(path, text)
+    if cache_dir and keep and os.geteuid() == 0:
+        _keep(cache_dir, key, config)
     return config
 
 
-def _read(path, check_owner):
+def _open(path, check_owner):
+    """Open the config and check it is a regular file of a sane size that only root can change."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -144,15 +131,79 @@ def _read(path, check_owner):
             raise ConfigError(f"{path}: {st.st_size} bytes is too large for a config file (at most {MAX_CONFIG_BYTES})")
         if check_owner:
             _check_safe(path, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _read(path, fd):
+    try:
         data = os.read(fd, MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    finally:
-        os.close(fd)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def _cache_key(path, st):
+    return [os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, __version__]
+
+
+def _cached(cache_dir, key, path):
+    """Return the Config kept for exactly this file, or None. Only a root-owned, unshared cache is trusted."""
+    cache = os.path.join(cache_dir, CACHE_FILE)
+    try:
+        st = os.lstat(cache)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+            return None
+        kept = leases.read_json(cache)
+        if not isinstance(kept, dict) or kept.get("key") != key:
+            return None
+        c = kept["config"]
+        config = Config(
+            path=path,
+            inactivity_duration=c["inactivity_duration"],
+            min_session=c["min_session"],
+            services=tuple(c["services"]),
+            ignore_users=frozenset(c["ignore_users"]),
+            ignore_networks=tuple(ipaddress.ip_network(n) for n in c["ignore_networks"]),
+            ignore_keys=frozenset(c["ignore_keys"]),
+            action=tuple(c["action"]),
+            dstack=c["dstack"],
+        )
+    except (OSError, leases.StateError, KeyError, TypeError, ValueError):
+        return None
+    ints = (config.min_session, *(() if config.inactivity_duration is None else (config.inactivity_duration,)))
+    texts = (*config.services, *config.ignore_users, *config.ignore_keys, *config.action)
+    if not all(type(n) is int for n in ints) or not all(type(t) is str for t in texts):
+        return None
+    if type(config.dstack) is not bool:
+        return None
+    return config
+
+
+def _keep(cache_dir, key, config):
+    """Keep a parsed config for the next tick. A failure only costs the next tick a parse."""
+    kept = {
+        "key": key,
+        "config": {
+            "inactivity_duration": config.inactivity_duration,
+            "min_session": config.min_session,
+            "services": list(config.services),
+            "ignore_users": sorted(config.ignore_users),
+            "ignore_networks": [str(n) for n in config.ignore_networks],
+            "ignore_keys": sorted(config.ignore_keys),
+            "action": list(config.action),
+            "dstack": config.dstack,
+        },
+    }
+    try:
+        leases.write_json(os.path.join(cache_dir, CACHE_FILE), kept)
+    except OSError:
+        pass
 
 
 def _check_safe(path, st):
@@ -179,154 +230,6 @@ def _check_safe(path, st):
         if parent == directory:
             return
         directory = parent
-
-
-def _mapping(node, prefix, errors):
-    """Given a MappingNode, return {key: value node}; report duplicate and non-string keys."""
-    seen = {}
-    for key_node, value_node in node.value:
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
-            errors.add(key_node, prefix.rstrip("."), f"keys must be plain names, not {key_node.tag.split(':')[-1]}")
-            continue
-        key = key_node.value
-        if key in seen:
-            errors.add(key_node, prefix + key, f"duplicate key (first at line {seen[key][0].start_mark.line + 1})")
-            continue
-        seen[key] = (key_node, value_node)
-    return seen
-
-
-def _scalar(node):
-    """Given a ScalarNode, return its value as YAML 1.1 (safe) reads it."""
-    return yaml.SafeLoader("").construct_object(node)
-
-
-def _from_dstack(path, top, errors):
-    _, type_node = top["type"]
-    if not isinstance(type_node, yaml.ScalarNode) or type_node.value != "dev-environment":
-        shown = type_node.value if isinstance(type_node, yaml.ScalarNode) else "a " + type_node.id
-        errors.add(
-            type_node, "type", f"{shown!r} is not accepted", "dev-environment (a dstack dev-environment configuration)"
-        )
-        return None
-    seconds = None
-    if "inactivity_duration" in top:
-        seconds = _duration(top["inactivity_duration"][1], "inactivity_duration", errors)
-    return Config(path=path, inactivity_duration=seconds, dstack=True)
-
-
-def _from_own(path, top, errors):
-    for key, (key_node, _) in top.items():
-        if key not in _TOP_KEYS:
-            errors.add(key_node, key, "unknown key", ", ".join(_TOP_KEYS))
-    if "inactivity_duration" not in top:
-        errors.add(None, "inactivity_duration", "required", durations.ALLOWED)
-        inactivity = None
-    else:
-        inactivity = _duration(top["inactivity_duration"][1], "inactivity_duration", errors)
-    values = {}
-    if "min_session" in top:
-        values["min_session"] = _duration(top["min_session"][1], "min_session", errors) or 0
-    if "services" in top:
-        services = _string_list(top["services"][1], "services", errors)
-        if services is not None and not top["services"][1].value:
-            errors.add(top["services"][1], "services", "must name at least one PAM service", _ALLOWED["services"])
-        elif services:
-            values["services"] = tuple(services)
-    if "ignore" in top:
-        _ignore(top["ignore"][1], errors, values)
-    if "action" in top:
-        action = _action(top["action"][1], errors)
-        if action:
-            values["action"] = action
-    return Config(path=path, inactivity_duration=inactivity, **values)
-
-
-def _duration(node, key, errors):
-    if not isinstance(node, yaml.ScalarNode):
-        errors.add(node, key, f"a {node.id} is not a duration", _ALLOWED[key])
-        return None
-    value = _scalar(node)
-    if node.tag == "tag:yaml.org,2002:float":
-        value = str(node.value)
-    try:
-        return durations.parse(value)
-    except durations.DurationError as e:
-        errors.add(node, key, str(e), _ALLOWED[key])
-        return None
-
-
-def _string_items(node, key, errors):
-    """Given a SequenceNode of strings, return [(item node, text)], or None if it is not a list."""
-    if not isinstance(node, yaml.SequenceNode):
-        errors.add(node, key, f"must be a list, not a {_kind(node)}", _ALLOWED[key])
-        return None
-    out = []
-    for item in node.value:
-        if not isinstance(item, yaml.ScalarNode) or item.tag != "tag:yaml.org,2002:str" or not item.value:
-            errors.add(item, key, f"each entry must be a non-empty string, not {_kind(item)}", _ALLOWED[key])
-            continue
-        out.append((item, item.value))
-    return out
-
-
-def _string_list(node, key, errors):
-    items = _string_items(node, key, errors)
-    return None if items is None else [text for _, text in items]
-
-
-def _kind(node):
-    if isinstance(node, yaml.ScalarNode):
-        return f"{node.tag.split(':')[-1]} {node.value!r}"
-    return node.id
-
-
-def _ignore(node, errors, values):
-    if not isinstance(node, yaml.MappingNode):
-        errors.add(node, "ignore", f"must be a mapping, not a {_kind(node)}", "users, networks, keys")
-        return
-    sub = _mapping(node, "ignore.", errors)
-    for key, (key_node, _) in sub.items():
-        if key not in _IGNORE_KEYS:
-            errors.add(key_node, f"ignore.{key}", "unknown key", ", ".join(_IGNORE_KEYS))
-    if "users" in sub:
-        users = _string_list(sub["users"][1], "ignore.users", errors)
-        values["ignore_users"] = frozenset(users or ())
-    if "networks" in sub:
-        nets = []
-        for item, text in _string_items(sub["networks"][1], "ignore.networks", errors) or ():
-            try:
-                nets.append(ipaddress.ip_network(text, strict=True))
-            except ValueError as e:
-                errors.add(item, "ignore.networks", f"{text!r}: {e}", _ALLOWED["ignore.networks"])
-        values["ignore_networks"] = tuple(nets)
-    if "keys" in sub:
-        keys = []
-        for item, text in _string_items(sub["keys"][1], "ignore.keys", errors) or ():
-            if _FINGERPRINT.fullmatch(text):
-                keys.append(text)
-            else:
-                errors.add(item, "ignore.keys", f"{text!r} is not a SHA256 key fingerprint", _ALLOWED["ignore.keys"])
-        values["ignore_keys"] = frozenset(keys)
-
-
-def _action(node, errors):
-    allowed = _ALLOWED["action"]
-    if isinstance(node, yaml.ScalarNode):
-        if node.tag == "tag:yaml.org,2002:str" and node.value == "poweroff":
-            return POWEROFF
-        errors.add(node, "action", f"{node.value!r} is not an action", allowed)
-        return None
-    argv = _string_list(node, "action", errors)
-    if argv is None:
-        return None
-    if not argv:
-        errors.add(node, "action", "the command list is empty", allowed)
-        return None
-    if not os.path.isabs(argv[0]):
-        errors.add(node, "action", f"{argv[0]!r}: the program must be an absolute path", allowed)
-        return None
-    return tuple(argv)
 
 
 def reference_markdown():

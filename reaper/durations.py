@@ -1,8 +1,5 @@
 """Durations in dstack's grammar: off, false, whole seconds, "90s", "30m", "2h", "1d", "1w", "1h30m", "2 hours"."""
 
-import humanfriendly
-from humanfriendly.text import tokenize
-
 ALLOWED = 'off, false, a whole number of seconds, or a duration such as 90s, 30m, 2h, 1d, 1w, 1h30m or "2 hours"'
 _SUBSECOND = {"ns", "us", "ms", "nanosecond", "microsecond", "millisecond"}
 
@@ -27,6 +24,9 @@ def parse(value):
     text = value.strip()
     if text.lower() in ("off", "false"):
         return None
+    import humanfriendly  # only when a config is parsed, which a tick does only when the file changed
+    from humanfriendly.text import tokenize
+
     if text.startswith("-"):
         raise DurationError(f"{value!r} is negative; use off to disable")
     tokens = tokenize(text)

@@ -119,7 +119,7 @@ def _check_record(r, where):
             raise StateError(f"{where}.{field} is {type(value).__name__}, not {_KIND_NAME[kind]}")
 
 
-def _read_json(path):
+def read_json(path):
     """Return the parsed JSON of a regular file. Raise StateError if it can't be opened, read or parsed."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -154,7 +154,7 @@ def read_state(state_dir):
     """
     path = state_path(state_dir)
     try:
-        value = _read_json(path)
+        value = read_json(path)
     except FileNotFoundError:
         return None
     try:
@@ -256,10 +256,11 @@ class FlockLock:
 
 def write_state(state_dir, state):
     """Replace the state file atomically: temp file, fsync, rename. The caller holds the lock."""
-    _write_atomically(state_path(state_dir), state)
+    write_json(state_path(state_dir), state)
 
 
-def _write_atomically(final, value):
+def write_json(final, value):
+    """Replace `final` with `value` as JSON atomically: a temp file beside it, fsync, rename; mode 0644."""
     data = statejson.dumps(value).encode("ascii")
     tmp = f"{final}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, defaults.STATE_MODE)
@@ -279,7 +280,8 @@ def _write_atomically(final, value):
 
 def remove_stale_temps(state_dir, now_wall):
     """Delete temp files left by writers killed mid-write. The caller holds the lock, so no state temp file
-    is in use; a pending file's writer holds no lock, so its temp file goes only once it is a minute old.
+    is in use; writers of pending files and of the config cache hold no lock, so theirs go only once a minute
+    old.
     """
     prefix = defaults.STATE_FILE + "."
     for name in os.listdir(state_dir):
@@ -287,7 +289,7 @@ def remove_stale_temps(state_dir, now_wall):
             continue
         path = os.path.join(state_dir, name)
         try:
-            if name.startswith(prefix) or (name.startswith(PENDING_PREFIX) and now_wall - os.lstat(path).st_mtime > 60):
+            if name.startswith(prefix) or now_wall - os.lstat(path).st_mtime > 60:
                 os.unlink(path)
         except FileNotFoundError:
             pass
@@ -299,12 +301,12 @@ def remove_stale_temps(state_dir, now_wall):
 def write_pending(state_dir, op, record, at):
     """Record an "open" or "close" at CLOCK_BOOTTIME `at` in a file of its own, atomically, without the lock."""
     name = f"{PENDING_PREFIX}{int(at * 1e9):020d}.{os.getpid()}.json"
-    _write_atomically(os.path.join(state_dir, name), {"format": FORMAT, "op": op, "at": at, "record": record})
+    write_json(os.path.join(state_dir, name), {"format": FORMAT, "op": op, "at": at, "record": record})
     return name
 
 
 def _read_pending(path):
-    event = _read_json(path)
+    event = read_json(path)
     if not isinstance(event, dict) or event.get("format") != FORMAT or event.get("op") not in ("open", "close"):
         raise StateError(f"{path}: not a pending event of format {FORMAT}")
     if not _type_ok(event.get("at"), _NUM) or event.get("at") is None:

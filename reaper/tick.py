@@ -195,7 +195,7 @@ def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):
     """Run one tick (more with `wait`). Return the exit code. Raise ReaperError or ConfigError on failure."""
     give_up = time.monotonic() + max(0.0, wait)
     while True:
-        cfg = config.load(paths.config)
+        cfg = config.load(paths.config, cache_dir=paths.state_dir, keep=not dry_run)
         result = observe(paths, cfg).decision if dry_run else evaluate(paths, cfg)
         if result.act:
             if dry_run:

@@ -1,11 +1,14 @@
 import ipaddress
 import os
+import stat
+import subprocess
 import textwrap
 
 import pytest
 
 from reaper import config
 from reaper.errors import ConfigError
+from tests.conftest import REPO, SYSTEM_PYTHON
 
 
 @pytest.fixture
@@ -193,3 +196,68 @@ def test_schema_lists_every_key_the_loader_accepts():
     keys = {o.key for o in config.SCHEMA}
     assert keys == {"inactivity_duration", "min_session", "services", "ignore.users", "ignore.networks",
                     "ignore.keys", "action"}  # fmt: skip
+
+
+# --- the parse a tick keeps for the next one ---------------------------------------------------------------
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    d = tmp_path / "state"
+    d.mkdir(mode=0o755)
+    return str(d)
+
+
+def test_a_kept_parse_serves_the_unchanged_file_without_yaml(write, cache_dir):
+    path = write("inactivity_duration: 2h\nignore:\n  networks: [10.0.0.0/8]\n  users: [ci]\n")
+    first = config.load(path, cache_dir=cache_dir, keep=True)
+    kept = os.path.join(cache_dir, config.CACHE_FILE)
+    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o644
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); from reaper import config\n"
+        f"c = config.load({path!r}, cache_dir={cache_dir!r})\n"
+        "print(c.inactivity_duration, sorted(c.ignore_users), [str(n) for n in c.ignore_networks],"
+        " 'yaml' in sys.modules, 'humanfriendly' in sys.modules)"
+    )
+    out = subprocess.run([SYSTEM_PYTHON, "-I", "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["7200", "['ci']", "['10.0.0.0/8']", "False", "False"]
+    assert config.load(path, cache_dir=cache_dir) == first
+
+
+def test_an_edit_of_the_same_size_is_seen_at_once(write, cache_dir):
+    path = write("inactivity_duration: 1h\n")
+    assert config.load(path, cache_dir=cache_dir, keep=True).inactivity_duration == 3600
+    with open(path, "w") as f:  # same size, same second: ctime still moves
+        f.write("inactivity_duration: 2h\n")
+    assert config.load(path, cache_dir=cache_dir, keep=True).inactivity_duration == 7200
+
+
+def test_a_broken_edit_is_reported_whatever_was_kept(write, cache_dir):
+    path = write("inactivity_duration: 1h\n")
+    config.load(path, cache_dir=cache_dir, keep=True)
+    with open(path, "w") as f:
+        f.write("inactivity_duration: 0\n")
+    with pytest.raises(ConfigError, match="zero"):
+        config.load(path, cache_dir=cache_dir, keep=True)
+
+
+@pytest.mark.parametrize("tamper", ["writable by others", "garbage", "wrong types"])
+def test_a_kept_parse_that_is_not_trustworthy_is_ignored(write, cache_dir, tamper):
+    path = write("inactivity_duration: 1h\n")
+    config.load(path, cache_dir=cache_dir, keep=True)
+    kept = os.path.join(cache_dir, config.CACHE_FILE)
+    if tamper == "writable by others":
+        with open(kept) as f:
+            text = f.read().replace("3600", "60")
+        with open(kept, "w") as f:
+            f.write(text)
+        os.chmod(kept, 0o666)
+    elif tamper == "garbage":
+        with open(kept, "w") as f:
+            f.write("{nope")
+    else:
+        with open(kept) as f:
+            text = f.read().replace("3600", '"3600"')
+        with open(kept, "w") as f:
+            f.write(text)
+    assert config.load(path, cache_dir=cache_dir).inactivity_duration == 3600
