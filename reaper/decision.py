@@ -49,9 +49,10 @@ class Decision(NamedTuple):
     blocked_kind: str | None = None  # "acted", "pending" (a young session) or "unchecked" (evidence unclear)
     sessions: tuple = ()
     next_check: float | None = None  # seconds until the decision may change by itself
+    new_sessions: int = 0  # live sessions that count once open for min_session
 
 
-def _view(record, now, counted, reason, recorded=True, pending=False, container=False):
+def _view(now, record, counted, reason, recorded=True, pending=False, container=False):
     opened = record.get("opened")
     return SessionView(
         user=record.get("user"),
@@ -72,8 +73,9 @@ def _view(record, now, counted, reason, recorded=True, pending=False, container=
     )
 
 
-def _who(view):
-    return f"{escape(view.user)} from {escape(view.client or view.rhost)} (pid {view.pid})"
+def _who(record):
+    where = record.get("client") or record.get("rhost")
+    return f"{escape(record.get('user'))} from {escape(where)} (pid {record.get('pid')})"
 
 
 def _memoized_ignore_reason(config):
@@ -94,19 +96,20 @@ def _memoized_ignore_reason(config):
     return ignore_reason
 
 
-def _named(views):
-    who = ", ".join(_who(v) for v in views[:NAMED])
-    return who + (f" and {len(views) - NAMED} more" if len(views) > NAMED else "")
+def _named(records):
+    who = ", ".join(_who(r) for r in records[:NAMED])
+    return who + (f" and {len(records) - NAMED} more" if len(records) > NAMED else "")
 
 
-def decide(config, now, boot_started, state, evidence, state_problem=None):
+def decide(config, now, boot_started, state, evidence, state_problem=None, views=True):
     """Given config, clock, this boot's state (or None if unusable) and live evidence, return the Decision.
 
-    `state_problem` says why the state is unusable; then the decision is unknown and nothing runs.
+    `state_problem` says why the state is unusable; then the decision is unknown and nothing runs. With
+    `views=False` (the reaper's tick) the decision holds no view of each session, which only `status` shows.
     """
     leases = state["leases"] if state else []
     ignore_reason = _memoized_ignore_reason(config)
-    views = []
+    shown = []  # what a view of each session needs: (record, counted, reason, recorded, pending, container)
     counted_live = []
     pending = []  # live sessions that will count once they reach min_session
     ended = list(state["closed"]) if state else []
@@ -117,12 +120,12 @@ def decide(config, now, boot_started, state, evidence, state_problem=None):
         ignored = ignore_reason(lease)
         age = None if lease.get("opened") is None else now - lease["opened"]
         short = policy.too_short(config, age)
-        view = _view(lease, now, not (ignored or short), ignored or short, pending=bool(short and not ignored))
-        views.append(view)
-        if view.counted:
-            counted_live.append(view)
+        counted = not (ignored or short)
+        shown.append((lease, counted, ignored or short, True, bool(short and not ignored), False))
+        if counted:
+            counted_live.append(lease)
         elif not ignored:
-            pending.append((view, config.min_session - age))
+            pending.append((lease, config.min_session - age))
 
     unexplained = []
     index = (evidence.index or live.LeaseIndex(leases)) if evidence.sessions else None
@@ -139,10 +142,9 @@ def decide(config, now, boot_started, state, evidence, state_problem=None):
             "opened": None,
         }
         ignored = ignore_reason(record)
-        view = _view(record, now, ignored is None, ignored or None, recorded=False, container=session.container)
-        views.append(view)
+        shown.append((record, ignored is None, ignored or None, False, False, session.container))
         if ignored is None:
-            unexplained.append(view)
+            unexplained.append((record, session.container))
 
     idle_since, last_activity = boot_started, "boot"
     for record in ended:
@@ -156,14 +158,19 @@ def decide(config, now, boot_started, state, evidence, state_problem=None):
     if state and state.get("lost") is not None and state["lost"] > idle_since:
         idle_since, last_activity = state["lost"], "state was lost and rebuilt"
 
-    common = {"sessions": tuple(views), "idle_since": idle_since, "last_activity": last_activity}
+    common = {
+        "sessions": tuple(_view(now, *entry) for entry in shown) if views else (),
+        "idle_since": idle_since,
+        "last_activity": last_activity,
+        "new_sessions": len(pending),
+    }
     if config.inactivity_duration is None:
         return Decision(DISABLED, "inactivity_duration is off", 0.0, None, False, **common)
     if state_problem:
         return Decision(UNKNOWN, state_problem, 0.0, None, False, **common)
     if unexplained:
-        missed = _named([v for v in unexplained if not v.container])
-        inside = _named([v for v in unexplained if v.container])
+        missed = _named([r for r, container in unexplained if not container])
+        inside = _named([r for r, container in unexplained if container])
         parts = []
         if missed:
             parts.append(f"SSH session not recorded by the hook (the hook failed or the state was lost): {missed}")
@@ -191,8 +198,8 @@ def decide(config, now, boot_started, state, evidence, state_problem=None):
     if acted_for is not None and acted_for == idle_since:
         blocked, kind = "the action already ran for this idle period", "acted"
     elif pending:
-        view, wait = min(pending, key=lambda p: p[1])
-        blocked, kind = f"waiting for the session of {_who(view)}: it counts once it reaches min_session", "pending"
+        lease, wait = min(pending, key=lambda p: p[1])
+        blocked, kind = f"waiting for the session of {_who(lease)}: it counts once it reaches min_session", "pending"
         next_check = max(0.0, wait)
     elif not evidence.checked:
         blocked, kind = f"cannot check the live system for SSH sessions: {evidence.why_unchecked}", "unchecked"
@@ -208,7 +215,7 @@ def summary(decision):
             return f"idle for {format_seconds(decision.idle_seconds)} ({decision.reason}): time to act"
         if decision.blocked:
             return f"idle for {format_seconds(decision.idle_seconds)}, not acting: {decision.blocked}"
-        new = sum(1 for v in decision.sessions if v.pending)
+        new = decision.new_sessions
         waiting = f"; {new} new session(s) count once open for min_session" if new else ""
         return (
             f"idle for {format_seconds(decision.idle_seconds)} ({decision.reason});"

@@ -63,7 +63,8 @@ def _hex_ip(text, known):
 
 
 def tcp_sockets(proc=defaults.PROC):
-    """Return the ESTABLISHED and LISTEN TCP sockets (IPv4 and IPv6) of this network namespace.
+    """Return the listening TCP sockets (IPv4 and IPv6) of this network namespace, and the ESTABLISHED ones
+    on a listening port: a server's side of a connection, which an SSH session's is. Not a client's side.
 
     Asks the kernel over netlink (sock_diag, as `ss` does): it filters by state and answers in binary, where
     /proc/net/tcp renders every socket as text for us to split, which at 20,000 sockets was a quarter of a
@@ -87,43 +88,54 @@ _STATES = {1: TCP_ESTABLISHED, 10: TCP_LISTEN}
 
 def _sock_diag():
     import _socket
+
+    sock = _socket.socket(16, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG)  # AF_NETLINK
+    try:
+        known = {}
+        listeners = _dump(sock, 1 << 10, None, known)
+        listening = {s.local_port for s in listeners}
+        return listeners + _dump(sock, 1 << 1, listening, known)
+    finally:
+        sock.close()
+
+
+def _dump(sock, states, ports, known):
+    """Dump the TCP sockets in `states` (a bitmask of TCP states), IPv4 then IPv6. With `ports`, keep only
+    those whose local port is one of them, read before anything else of each record is decoded."""
+    import _socket
     import struct
 
     out = []
-    known = {}
-    sock = _socket.socket(16, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG)  # AF_NETLINK
-    try:
-        for family, width in ((_socket.AF_INET, 4), (_socket.AF_INET6, 16)):
-            # nlmsghdr, then inet_diag_req_v2: family, IPPROTO_TCP, no extensions, the states wanted, any id.
-            request = struct.pack("=IHHII", 16 + 56, _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP, family, 0)
-            request += struct.pack("=BBBBI", family, 6, 0, 0, (1 << 1) | (1 << 10)) + bytes(48)
-            sock.sendto(request, (0, 0))
-            done = False
-            while not done:
-                data = sock.recv(1 << 20)
-                offset = 0
-                while offset + 16 <= len(data):
-                    length, kind = struct.unpack_from("=IH", data, offset)
-                    if kind == _NLMSG_DONE:
-                        done = True
-                        break
-                    if kind == _NLMSG_ERROR:
-                        (errno,) = struct.unpack_from("=i", data, offset + 16)
-                        raise OSError(-errno, "sock_diag refused the dump")
-                    if kind == _SOCK_DIAG_BY_FAMILY:
-                        state = data[offset + 17]
-                        sport, dport = struct.unpack_from(">HH", data, offset + 20)
-                        src = data[offset + 24 : offset + 24 + width]
-                        dst = data[offset + 40 : offset + 40 + width]
-                        (inode,) = struct.unpack_from("=I", data, offset + 16 + 68)
-                        if state in _STATES:
-                            out.append(Socket(_packed_ip(family, src, known), sport, _packed_ip(family, dst, known),
-                                              dport, _STATES[state], inode))  # fmt: skip
-                    if length < 16:
-                        raise OSError("sock_diag: a malformed message")
-                    offset += (length + 3) & ~3
-    finally:
-        sock.close()
+    for family, width in ((_socket.AF_INET, 4), (_socket.AF_INET6, 16)):
+        # nlmsghdr, then inet_diag_req_v2: family, IPPROTO_TCP, no extensions, the states wanted, any id.
+        request = struct.pack("=IHHII", 16 + 56, _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP, family, 0)
+        request += struct.pack("=BBBBI", family, 6, 0, 0, states) + bytes(48)
+        sock.sendto(request, (0, 0))
+        done = False
+        while not done:
+            data = sock.recv(1 << 20)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                if kind == _NLMSG_DONE:
+                    done = True
+                    break
+                if kind == _NLMSG_ERROR:
+                    (errno,) = struct.unpack_from("=i", data, offset + 16)
+                    raise OSError(-errno, "sock_diag refused the dump")
+                if length < 16:
+                    raise OSError("sock_diag: a malformed message")
+                # inet_diag_msg after the header: family, state, timer, retrans, then the id: sport, dport
+                # (big-endian), src[16], dst[16], interface, cookie; then expires, queues, uid, inode.
+                sport = (data[offset + 20] << 8) | data[offset + 21]
+                state = _STATES.get(data[offset + 17])
+                if kind == _SOCK_DIAG_BY_FAMILY and state and (ports is None or sport in ports):
+                    dport = (data[offset + 22] << 8) | data[offset + 23]
+                    src = _packed_ip(family, data[offset + 24 : offset + 24 + width], known)
+                    dst = _packed_ip(family, data[offset + 40 : offset + 40 + width], known)
+                    (inode,) = struct.unpack_from("=I", data, offset + 84)
+                    out.append(Socket(src, sport, dst, dport, state, inode))
+                offset += (length + 3) & ~3
     return out
 
 
@@ -139,6 +151,7 @@ def _packed_ip(family, raw, known):
 def _proc_net_tcp(proc):
     out = []
     known = {}
+    listening = set()
     for name in ("tcp", "tcp6"):
         try:
             with open(f"{proc}/net/{name}") as f:
@@ -161,7 +174,9 @@ def _proc_net_tcp(proc):
                     int(fields[9]),
                 )  # fmt: skip
             )
-    return out
+            if fields[3] == TCP_LISTEN:
+                listening.add(out[-1].local_port)
+    return [s for s in out if s.state == TCP_LISTEN or s.local_port in listening]
 
 
 def established_tuples(sockets):

@@ -146,7 +146,7 @@ def evaluate(paths, cfg):
         state["merged"] = leases.merge_pending(paths.state_dir, state)
         leases.remove_stale_temps(paths.state_dir, time.time())
         evidence = live.gather(state["leases"], paths.proc)
-        result = decision.decide(cfg, now, started, state, evidence, problem)
+        result = decision.decide(cfg, now, started, state, evidence, problem, views=False)
         changed = leases.end_leases(state, evidence.live, now) > 0  # first seen dead: now
         changed |= _adopt(state, evidence, boot)
         memory = state["reaper"]
