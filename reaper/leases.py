@@ -21,6 +21,7 @@ Layout (format 1):
 import _signal  # the C half of `signal`, loaded at interpreter start; `signal` itself imports enum
 import fcntl
 import os
+import stat  # already loaded by os
 
 from reaper import defaults, statejson
 
@@ -76,10 +77,6 @@ _FIELDS = {
 }  # fmt: skip
 
 
-def _type_ok(value, kind):
-    return type(value) in kind
-
-
 _KIND_NAME = {_STR: "text", _INT: "int", _NUM: "number"}
 
 
@@ -105,7 +102,7 @@ def _check_shape(state):
                 checked.add(shape)
             if key == "closed" and r.get("closed") is None:
                 raise StateError(f"closed[{i}] has no 'closed' time")
-    if not _type_ok(state.get("lost"), _NUM):
+    if type(state.get("lost")) not in _NUM:
         raise StateError("'lost' is not a number")
     merged = state.setdefault("merged", [])
     if not isinstance(merged, list) or not all(isinstance(n, str) for n in merged):
@@ -135,7 +132,7 @@ def read_json(path):
         raise StateError(f"{path}: cannot open: {e.strerror}") from None
     try:
         st = os.fstat(fd)
-        if not _is_regular(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
             raise StateError(f"{path}: not a regular file")
         chunks = []
         while True:
@@ -169,10 +166,6 @@ def read_state(state_dir):
         raise StateError(f"{path}: {e}") from None
 
 
-def _is_regular(mode):
-    return (mode & 0o170000) == 0o100000
-
-
 # --- the directory, the lock, atomic writes -------------------------------------------------------------
 
 
@@ -183,11 +176,11 @@ def ensure_dir(state_dir):
     except FileExistsError:
         pass
     st = os.lstat(state_dir)
-    if (st.st_mode & 0o170000) != 0o040000:
+    if not stat.S_ISDIR(st.st_mode):
         raise StateError(f"{state_dir}: not a directory")
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
         raise StateError(f"{state_dir}: unsafe: must be owned by uid {os.geteuid()} and not writable by others")
-    if st.st_mode & 0o777 != defaults.DIR_MODE:
+    if stat.S_IMODE(st.st_mode) != defaults.DIR_MODE:
         os.chmod(state_dir, defaults.DIR_MODE)
 
 
@@ -196,9 +189,9 @@ def open_lock_file(state_dir):
     fd = os.open(lock_path(state_dir), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, defaults.LOCK_MODE)
     try:
         st = os.fstat(fd)
-        if not _is_regular(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
             raise StateError(f"{lock_path(state_dir)}: not a regular file")
-        if st.st_mode & 0o777 != defaults.LOCK_MODE:
+        if stat.S_IMODE(st.st_mode) != defaults.LOCK_MODE:
             os.fchmod(fd, defaults.LOCK_MODE)
     except BaseException:
         os.close(fd)
@@ -315,7 +308,7 @@ def _read_pending(path):
     event = read_json(path)
     if not isinstance(event, dict) or event.get("format") != FORMAT or event.get("op") not in ("open", "close"):
         raise StateError(f"{path}: not a pending event of format {FORMAT}")
-    if not _type_ok(event.get("at"), _NUM) or event.get("at") is None:
+    if type(event.get("at")) not in _NUM or event.get("at") is None:
         raise StateError(f"{path}: no time")
     _check_record(event.get("record"), f"{path}: record")
     return event

@@ -13,7 +13,7 @@ import os
 import time
 from typing import NamedTuple
 
-from reaper import actions, clock, config, decision, defaults, leases, live
+from reaper import clock, config, decision, defaults, leases, live
 from reaper.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, ReaperError
 from reaper.log import logger
 
@@ -202,6 +202,8 @@ def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):
                 logger.info(f"dry run: would run {list(cfg.action)} now ({decision.summary(result)})")
                 return EXIT_OK
             logger.warning(f"running the action {list(cfg.action)}: {decision.summary(result)}")
+            from reaper import actions  # subprocess: only a tick that acts needs it, not every tick
+
             try:
                 output = actions.run(cfg.action)
             except ReaperError as e:
