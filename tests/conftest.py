@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import subprocess
 
 import pytest
 
@@ -9,9 +10,29 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 HOOK = REPO / "hooks" / "pam-session"
 SYSTEM_PYTHON = "/usr/bin/python3"
 SHIMS = REPO / "tests" / "shims"
-# The hook exactly as pam_exec runs it (packaging/pam-configs/idle-reaper): isolated, and without `site`,
-# which the hook doesn't need and which costs a few ms of every login.
-HOOK_ARGV = [SYSTEM_PYTHON, "-I", "-S", str(HOOK)]
+LAUNCHER_SOURCE = REPO / "hooks" / "pam-session-launch.c"
+# The static launcher that pam_exec runs, built for this checkout: it execs `python3 -I -S` on this tree's
+# hook with a fixed environment, exactly as the package's build does for /usr/share/idle-reaper.
+LAUNCHER = REPO / "build" / "hook" / "pam-session-launch"
+
+
+def build_launcher(source=LAUNCHER_SOURCE, out=LAUNCHER, hook=HOOK):
+    """Compile the launcher (musl, static) for `hook`, unless `out` is newer than the source. Return its path."""
+    out = pathlib.Path(out)
+    if out.exists() and out.stat().st_mtime >= source.stat().st_mtime:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    cmd = ["musl-gcc", "-static", "-Os", "-Wall", "-Wextra", "-Werror", f'-DHOOK="{hook}"', "-o", str(tmp), str(source)]
+    subprocess.run(cmd, check=True)  # noqa: S603 - a fixed compiler command
+    os.chmod(tmp, 0o755)
+    os.rename(tmp, out)
+    return out
+
+
+# The hook exactly as pam_exec runs it (packaging/pam-configs/idle-reaper): the launcher, which runs the
+# Python hook isolated (-I), without `site` (-S), with none of the PAM environment but a few checked names.
+HOOK_ARGV = [str(build_launcher())]
 
 
 def cli_env(**extra):
