@@ -9,7 +9,7 @@ Imported by the PAM hook, so it uses nothing beyond os and time.
 import os
 import time
 
-from reaper import defaults
+from reaper import defaults, monitor
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -21,14 +21,8 @@ def now():
 
 def process_start_ticks(pid, proc=defaults.PROC):
     """Given a pid, return its start time in clock ticks since kernel boot, or None if it is gone."""
-    try:
-        with open(f"{proc}/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
-        return None
-    # comm may hold spaces and parentheses; the fields after the last ')' are fixed.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[19])
+    fields = monitor.stat_fields(pid, proc)
+    return None if fields is None else int(fields[19])
 
 
 def boot_id(proc=defaults.PROC):

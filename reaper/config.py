@@ -68,7 +68,7 @@ SCHEMA = (
     Option(
         "ignore.keys",
         "[]",
-        "SSH public keys whose sessions never count (needs ExposeAuthInfo yes in sshd_config).",
+        "SSH public keys whose sessions never count (sshd tells the hook the key; ExposeAuthInfo is not needed).",
         "a list of key fingerprints as ssh-keygen -lf prints them: SHA256:<43 characters>",
     ),
     Option(

@@ -198,10 +198,16 @@ def decide(config, now, boot_started, state, evidence, state_problem=None, views
     acted_for = (state or {}).get("reaper", {}).get("acted_for")
     if acted_for is not None and acted_for == idle_since:
         blocked, kind = "the action already ran for this idle period", "acted"
-    elif pending:
-        lease, wait = min(pending, key=lambda p: p[1])
-        blocked, kind = f"waiting for the session of {_who(lease)}: it counts once it reaches min_session", "pending"
-        next_check = max(0.0, wait)
+    elif pending and now < (hold_end := idle_since + config.inactivity_duration + config.min_session):
+        # A session opened before the deadline has reached min_session by hold_end, and counts: the user who
+        # logged in just in time is not cut off. One opened later may be cut off: a stream of short probes
+        # must not keep the machine up. The text names no session, so a hold is logged once, not per probe.
+        blocked = (
+            f"holding the action for sessions younger than min_session, at most"
+            f" {format_seconds(config.min_session)} past the deadline"
+        )
+        kind = "pending"
+        next_check = max(0.0, min(min(wait for _, wait in pending), hold_end - now))
     elif not evidence.checked:
         blocked, kind = f"cannot check the live system for SSH sessions: {evidence.why_unchecked}", "unchecked"
     return Decision(

@@ -20,6 +20,11 @@ HOOK_CLOSE_LOCK_TIMEOUT = 5.0
 # The reaper can wait a little longer, then it skips the tick.
 REAPER_LOCK_TIMEOUT = 2.0
 
+# Closed sessions kept per boot, so the state (which every login reads and writes) stays small whatever the
+# number of distinct clients; the latest counted one is always kept (leases.cap_closed).
+MAX_CLOSED = 1000
+MAX_CLOSED_NO_POLICY = 5000
+
 SYSLOG_IDENT = "idle-reaper"
 
 PROC = "/proc"

@@ -10,26 +10,25 @@ file of its own. It always exits 0. Its own errors go to syslog.
 import os
 import sys
 
-from reaper import clock, defaults, leases
+from reaper import clock, defaults, leases, monitor
 from reaper.escape import escape
 
 
 def parse_args(argv):
-    """Given the hook's arguments, return the state dir. Only `--state-dir DIR` is taken.
+    """Given the hook's arguments, return (state dir, config path): `--state-dir DIR`, `--config PATH`.
 
     The environment is not consulted: it comes from PAM, and a login must not choose where root writes.
     """
-    state_dir = defaults.STATE_DIR
+    options = {"--state-dir": defaults.STATE_DIR, "--config": defaults.CONFIG_PATH}
     args = list(argv)
     while args:
         arg = args.pop(0)
-        if arg == "--state-dir" and args:
-            state_dir = args.pop(0)
-        elif arg.startswith("--state-dir="):
-            state_dir = arg.split("=", 1)[1]
+        name, eq, value = arg.partition("=")
+        if name in options and (eq or args):
+            options[name] = value if eq else args.pop(0)
         else:
-            raise ValueError(f"unknown argument {escape(arg)!s}; usage: pam-session [--state-dir DIR]")
-    return state_dir
+            raise ValueError(f"unknown argument {escape(arg)!s}; usage: pam-session [--state-dir DIR] [--config PATH]")
+    return options["--state-dir"], options["--config"]
 
 
 def key_fingerprint(auth_info):
@@ -65,67 +64,134 @@ def parse_connection(conn):
         return None, None, None, None
 
 
-def lease_from_env(env, now, boot):
-    """Given the PAM environment, return the lease record for this session."""
-    pid = os.getppid()
-    user = leases.clip(env.get("PAM_USER"))
-    uid = None
-    if user:
-        import pwd
+def _user_of(uid):
+    import pwd
 
-        try:
-            uid = pwd.getpwnam(user).pw_uid
-        except (KeyError, ValueError):
-            pass
-    conn = leases.clip(env.get("SSH_CONNECTION"))
-    client, client_port, server, server_port = parse_connection(conn)
-    return {
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _uid_of(user):
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def identify(env, pid, opening, proc=defaults.PROC):
+    """Given the PAM environment and the session's process (pam_exec's parent), return (record, problems).
+
+    Everything in `env` is untrusted. The launcher passes, of each PAM item and PAM_TYPE, the value pam_exec
+    set itself; PAM environment variables (SSH_CONNECTION, SSH_AUTH_INFO_0) a user can replace by
+    close_session, so they are read only at open. What the system can tell is taken from it: the user from
+    the process's loginuid, the connection from the socket it holds. A value the system contradicts is not
+    recorded; `problems` says what was contradicted, escaped, for the log.
+    """
+    problems = []
+    process = monitor.read(pid, proc)
+    user = leases.clip(env.get("PAM_USER"))
+    uid = _uid_of(user)
+    logged_in = process.logged_in if process else None
+    if logged_in is not None and logged_in != uid:
+        problems.append(f"PAM_USER {escape(user)} is not the session's loginuid {logged_in}")
+        uid, user = logged_in, _user_of(logged_in)
+    conn = monitor.connection(pid, proc) if process else None
+    hint = leases.clip(env.get("SSH_CONNECTION")) if opening else None
+    if hint is not None:
+        claimed = parse_connection(hint)
+        if conn is None:
+            problems.append(f"SSH_CONNECTION {escape(hint)} is not confirmed by the session's socket")
+        elif not (monitor.same_address(claimed[0], conn[0]) and claimed[1] == conn[1]
+                  and monitor.same_address(claimed[2], conn[2]) and claimed[3] == conn[3]):  # fmt: skip
+            problems.append(f"SSH_CONNECTION {escape(hint)} is not the session's socket")
+    client, client_port, server, server_port = conn or (None, None, None, None)
+    rhost = leases.clip(env.get("PAM_RHOST"))
+    if rhost is not None and monitor.is_ip(rhost) and not (client and monitor.same_address(rhost, client)):
+        problems.append(f"PAM_RHOST {escape(rhost)} is not the session's client {escape(client)}")
+        rhost = client
+    record = {
         "user": user,
         "uid": uid,
         "service": leases.clip(env.get("PAM_SERVICE")),
-        "rhost": leases.clip(env.get("PAM_RHOST")),
+        "rhost": rhost,
         "tty": leases.clip(env.get("PAM_TTY")),
-        "conn": conn,
+        "conn": None if conn is None else f"{client} {client_port} {server} {server_port}",
         "client": client,
         "client_port": client_port,
         "server": server,
         "server_port": server_port,
-        "key": key_fingerprint(env.get("SSH_AUTH_INFO_0")),
+        "key": key_fingerprint(env.get("SSH_AUTH_INFO_0")) if opening else None,
         "pid": pid,
-        "pid_start": clock.process_start_ticks(pid),
-        "opened": now,
-        "boot": boot,
+        "pid_start": process.start if process else clock.process_start_ticks(pid, proc),
         "source": "hook",
     }
+    return record, problems
 
 
-def record(pam_type, env, state_dir):
-    """Record an open or a close. Return a line for the log, or None for a PAM type we don't handle."""
+def record(pam_type, env, state_dir, proc=defaults.PROC, config_path=defaults.CONFIG_PATH):
+    """Record an open or a close. Return a line for the log, or None for a PAM type we don't handle.
+
+    A close is matched to its open by the session's process alone (pid and start time): nothing the PAM
+    environment says at close is believed, and the record keeps what the open found.
+    """
     if pam_type not in ("open_session", "close_session"):
         return None
     now = clock.now()
-    boot = clock.boot_key()
-    lease = lease_from_env(env, now, boot)
-    leases.ensure_dir(state_dir)
+    boot = clock.boot_key(proc)
     opening = pam_type == "open_session"
+    lease, problems = identify(env, os.getppid(), opening, proc)
+    lease["opened"] = now
+    lease["boot"] = boot
+    leases.ensure_dir(state_dir)
     timeout = defaults.HOOK_LOCK_TIMEOUT if opening else defaults.HOOK_CLOSE_LOCK_TIMEOUT
     what = "session opened" if opening else "session closed"
+    shown = lease
     try:
         with leases.FlockLock(state_dir, timeout):
             state = leases.load(state_dir, boot)
             if opening:
                 leases.add_lease(state, lease)
-            elif not leases.close_lease(state, lease, now, "hook"):
-                what += " (its open was not recorded)"
+            else:
+                found = leases.close_lease(state, lease, now, "hook")
+                if found is None:
+                    what += " (its open was not recorded)"
+                else:
+                    shown = found
+                cap_closed(state, state_dir, config_path)
             leases.commit(state_dir, state)
     except (leases.LockTimeout, leases.StateError) as e:
         # Don't lose the event: the next writer folds it in (and sets an unusable state file aside).
         name = leases.write_pending(state_dir, "open" if opening else "close", lease, now)
         what += f" (recorded in {name}: {e})"
-    return (
-        f"{what}: user {escape(lease['user'])} service {escape(lease['service'])}"
-        f" from {escape(lease['rhost'])} ({escape(lease['conn'])}) pid {lease['pid']}"
+    line = (
+        f"{what}: user {escape(shown['user'])} service {escape(shown['service'])}"
+        f" from {escape(shown['client'] or shown['rhost'])} port {shown['client_port']} pid {shown['pid']}"
     )
+    if problems:
+        line += "; not believed: " + "; ".join(problems)
+    return line
+
+
+def cap_closed(state, state_dir, config_path):
+    """Keep the closed records within bounds, never losing the latest counted activity under the policy.
+
+    Only a close adds a closed record, and no login waits for the close hook, so the policy is read here (with
+    the reaper's cache of it) when, and only when, the cap is reached.
+    """
+    if len(state["closed"]) <= defaults.MAX_CLOSED:
+        return
+    from reaper import config, policy  # yaml, humanfriendly, ipaddress: not for the login path
+
+    try:
+        cfg = config.load(config_path, cache_dir=state_dir)
+    except Exception:  # noqa: BLE001 - a broken config: keep more rather than guess what counts
+        leases.cap_closed(state, None)
+        return
+    leases.cap_closed(state, lambda record: policy.counts_closed(cfg, record))
 
 
 def log(priority, message):
@@ -139,8 +205,8 @@ def main(argv=None, environ=None):
     """Run the hook. Always return 0: a session hook must never fail or block a login."""
     env = os.environ if environ is None else environ
     try:
-        state_dir = parse_args(sys.argv[1:] if argv is None else argv)
-        line = record(env.get("PAM_TYPE"), env, state_dir)
+        state_dir, config_path = parse_args(sys.argv[1:] if argv is None else argv)
+        line = record(env.get("PAM_TYPE"), env, state_dir, config_path=config_path)
         if line:
             log(6, line)  # LOG_INFO
     except BaseException as e:  # noqa: BLE001 - anything at all must not fail the login

@@ -402,13 +402,15 @@ def current(state, boot):
 
 
 def same_session(a, b):
-    """True if two records name the same PAM session: same monitor process, service, user and connection."""
+    """True if two records name the same PAM session: the same process (pid and start time) and service.
+
+    One sshd monitor process runs one PAM session, and nothing else about a close can be believed: the PAM
+    environment at close_session is the user's to write.
+    """
     return (
         a.get("pid") == b.get("pid")
         and a.get("pid_start") == b.get("pid_start")
         and a.get("service") == b.get("service")
-        and a.get("user") == b.get("user")
-        and a.get("conn") == b.get("conn")
     )
 
 
@@ -417,7 +419,7 @@ def add_lease(state, lease):
 
 
 def close_lease(state, probe, when, end, fold=True):
-    """Move the lease matching `probe` to the closed records; return True if one was found.
+    """Move the lease matching `probe` to the closed records; return that lease, or None if none matched.
 
     A close with no matching open (its open hook failed, or the state was lost) is still recorded, with an
     unknown open time, because the session it ends was real. `fold=False` leaves folding to the caller, who
@@ -426,11 +428,11 @@ def close_lease(state, probe, when, end, fold=True):
     for i, lease in enumerate(state["leases"]):
         if same_session(lease, probe):
             record = state["leases"].pop(i)
-            found = True
+            found = record
             break
     else:
         record = dict(probe, opened=None)
-        found = False
+        found = None
     record["closed"] = when
     record["end"] = end
     state["closed"].append(record)
@@ -489,3 +491,24 @@ def fold_closed(state):
                 longest = _duration(record)
     kept.sort(key=lambda r: r["closed"])
     state["closed"] = kept
+
+
+def cap_closed(state, counts):
+    """Keep at most MAX_CLOSED closed records: the newest, and the latest one that `counts` (a predicate of
+    the current policy), which is what idleness is measured from. Without a policy (`counts` None: the
+    config is unusable, so nothing acts on the state), keep up to MAX_CLOSED_NO_POLICY newest instead.
+
+    Return how many were dropped. The records are in order of their close (fold_closed sorts them).
+    """
+    closed = state["closed"]
+    limit = defaults.MAX_CLOSED if counts is not None else defaults.MAX_CLOSED_NO_POLICY
+    if len(closed) <= limit:
+        return 0
+    closed.sort(key=lambda r: r["closed"])
+    kept = closed[-limit:]
+    if counts is not None and not any(counts(r) for r in kept):
+        latest = next((r for r in reversed(closed[:-limit]) if counts(r)), None)
+        if latest is not None:
+            kept = [latest, *closed[-(limit - 1) :]]
+    state["closed"] = kept
+    return len(closed) - len(kept)

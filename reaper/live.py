@@ -4,8 +4,8 @@ A lease is live while its sshd monitor runs with the same start time (a reused p
 TCP connection is still ESTABLISHED (a SIGKILLed monitor leaves the connection running).
 
 Separately, and independently of the state file, the SSH sessions that exist right now are found from the
-kernel: ESTABLISHED connections to a port an sshd process listens on. A connection is a session unless one of
-the sshd processes holding it runs as the privilege-separation user, which means it has not logged in yet.
+kernel: ESTABLISHED connections to a port a root sshd listens on, which have logged in (ssh_sessions says how
+that is told). Connections that never logged in (a stranger at the banner) are not sessions at all.
 The reaper refuses to act while such a session is not explained by a lease.
 """
 
@@ -88,28 +88,63 @@ def _privsep_uid(name="sshd"):
         return None
 
 
-def ssh_sessions(sockets, processes, inodes_of, privsep_uid):
-    """Given sockets, sshd processes and a pid -> socket inodes reader, return the live SSH sessions.
+def _root_login_title(text):
+    """True if sshd's title says a session is logged in ("sshd: root@pts/0", "sshd-session: root@notty").
 
-    Pure but for `inodes_of`, which may raise PermissionError.
+    Before authentication it reads "sshd: [accepted]" or "sshd: root [priv]". Only sshd, running as root,
+    sets the title of its own root process, so it is evidence where no other is left: a root login of an
+    sshd whose listener already had that loginuid (started from a root shell), in a container without
+    pam_loginuid.
+    """
+    _, sep, rest = text.partition(": ")
+    word = rest.split(" ", 1)[0]
+    return bool(sep) and "@" in word and not word.startswith("@")
+
+
+def ssh_sessions(sockets, processes, inodes_of, privsep_uid, title_of=lambda pid: ""):
+    """Given sockets, sshd processes and a pid -> socket inodes reader, return the authenticated SSH sessions.
+
+    A connection is a session only if a real sshd serves it and it has logged in: it is ESTABLISHED on a port
+    that an sshd running as root listens on, no process of it runs as the privilege-separation user (that is
+    still authenticating), and either an sshd process of it runs as the user (the session's own child), or
+    its root monitor (a child of the listener) has a loginuid that its listener doesn't (pam_loginuid sets
+    it when the session opens), or the monitor's title says it is logged in (a root login). A connection at
+    the banner, in key exchange or after a failed login is none of these; nor is anything a user runs,
+    whatever its name. Pure but for `inodes_of` (which may raise PermissionError) and `title_of`.
     """
     holders = {}
     for p in processes:
         for inode in inodes_of(p.pid):
             holders.setdefault(inode, []).append(p)
-    ports = {s.local_port for s in sockets if s.state == system.TCP_LISTEN and s.inode in holders}
+    listeners = {}  # pid -> Process, of root sshds holding a listening socket
+    ports = set()
+    for s in sockets:
+        if s.state == system.TCP_LISTEN:
+            for p in holders.get(s.inode, ()):
+                if p.uid == 0:
+                    listeners[p.pid] = p
+                    ports.add(s.local_port)
     out = []
     for s in sockets:
         if s.state != system.TCP_ESTABLISHED or s.local_port not in ports:
             continue
         procs = holders.get(s.inode, [])
-        if not procs:
-            continue  # a connection to the port, but not one sshd serves (an outgoing ssh from here, say)
-        if privsep_uid is not None and any(p.uid == privsep_uid for p in procs):
-            continue  # still authenticating
-        monitor = min(procs, key=lambda p: (p.start, p.pid))
-        uid = next((p.uid for p in procs if p.uid != 0), 0)  # the session child runs as the user
-        name = _user_name(uid)
+        if not procs or (privsep_uid is not None and any(p.uid == privsep_uid for p in procs)):
+            continue  # not served by sshd (an outgoing ssh from here, say), or still authenticating
+        monitors = [p for p in procs if p.uid == 0 and p.ppid in listeners]
+        monitor = min(monitors, key=lambda p: (p.start, p.pid)) if monitors else None
+        children = [p for p in procs if p.uid != 0]
+        if children:
+            uid = children[0].uid
+        elif monitor is None:
+            continue
+        elif monitor.logged_in is not None and monitor.logged_in != listeners[monitor.ppid].logged_in:
+            uid = monitor.logged_in
+        elif monitor.uid == 0 and _root_login_title(title_of(monitor.pid)):
+            uid = 0
+        else:
+            continue  # at the banner, in key exchange, or failed to log in
+        held_by = monitor or min(children, key=lambda p: (p.start, p.pid))  # the monitor was killed
         out.append(
             LiveSession(
                 s.remote,
@@ -117,9 +152,9 @@ def ssh_sessions(sockets, processes, inodes_of, privsep_uid):
                 s.local,
                 s.local_port,
                 uid,
-                name,
-                monitor.pid,
-                monitor.start,
+                _user_name(uid),
+                held_by.pid,
+                held_by.start,
                 any(p.container for p in procs),
             )  # fmt: skip
         )
@@ -155,7 +190,11 @@ def gather(leases, proc=defaults.PROC):
     try:
         processes = system.sshd_processes(proc)
         evidence.sessions = ssh_sessions(
-            sockets, processes, lambda pid: system.socket_inodes(pid, proc), _privsep_uid()
+            sockets,
+            processes,
+            lambda pid: system.socket_inodes(pid, proc),
+            _privsep_uid(),
+            lambda pid: system.title(pid, proc),
         )
         evidence.checked = True
     except PermissionError:

@@ -46,3 +46,11 @@ def too_short(config, seconds):
     if seconds is None or seconds >= config.min_session:
         return None
     return f"open {format_seconds(seconds)}, shorter than min_session {format_seconds(config.min_session)}"
+
+
+def counts_closed(config, record):
+    """True if a closed session counted as activity: not ignored, and open for at least min_session."""
+    if ignore_reason(config, record) is not None:
+        return False
+    length = None if record.get("opened") is None else record["closed"] - record["opened"]
+    return too_short(config, length) is None

@@ -9,11 +9,11 @@ import ipaddress
 import os
 from typing import NamedTuple
 
-from reaper import defaults
+from reaper import defaults, monitor
 
-SSHD_NAMES = frozenset({"sshd", "sshd-session", "sshd-auth"})
-TCP_ESTABLISHED = "01"
-TCP_LISTEN = "0A"
+SSHD_NAMES = monitor.SSHD_NAMES
+TCP_ESTABLISHED = monitor.TCP_ESTABLISHED
+TCP_LISTEN = monitor.TCP_LISTEN
 
 
 class Socket(NamedTuple):  # a NamedTuple: a tick may read tens of thousands
@@ -36,6 +36,11 @@ class Process(NamedTuple):
     start: int  # clock ticks since kernel boot
     exe: str
     container: bool = False  # runs in another PID namespace: a container on this machine
+    loginuid: int = monitor.NO_LOGINUID  # what pam_loginuid set when a session opened in it
+
+    @property
+    def logged_in(self):
+        return None if self.loginuid == monitor.NO_LOGINUID else self.loginuid
 
 
 @functools.lru_cache(maxsize=4096)  # a tick compares every lease's addresses: a handful, over and over
@@ -53,12 +58,8 @@ def normalize_ip(text):
 def _hex_ip(text, known):
     """Given an address as /proc/net/tcp* prints it, return its text. `known` caches: a machine's sockets
     share a handful of addresses, and converting each one anew was most of a tick with many connections."""
-    if text in known:
-        return known[text]
-    raw = bytes.fromhex(text)
-    # /proc/net/tcp* prints each 32-bit word in host (little-endian) order.
-    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    known[text] = normalize_ip(str(ipaddress.ip_address(raw)))
+    if text not in known:
+        known[text] = normalize_ip(monitor.hex_address(text))
     return known[text]
 
 
@@ -186,9 +187,7 @@ def established_tuples(sockets):
 
 def _read_process(pid, proc):
     try:
-        exe = os.readlink(f"{proc}/{pid}/exe")
-    except FileNotFoundError:
-        return None  # gone, or a kernel thread
+        exe = monitor.read_exe(pid, proc)
     except PermissionError:
         # Not ours to inspect. Its name (set from the executable at exec) tells whether that matters.
         try:
@@ -199,19 +198,22 @@ def _read_process(pid, proc):
         if comm in SSHD_NAMES:
             raise
         return None
-    exe = exe.removesuffix(" (deleted)")  # sshd keeps running across a package upgrade
-    if os.path.basename(exe) not in SSHD_NAMES:
+    if exe is None or os.path.basename(exe) not in SSHD_NAMES:
+        return None  # gone, a kernel thread, or not sshd
+    p = monitor.read(pid, proc, exe)
+    if p is None:
         return None
-    try:
-        with open(f"{proc}/{pid}/stat", "rb") as f:
-            stat = f.read()
-        with open(f"{proc}/{pid}/status") as f:
-            uid_line = next(line for line in f if line.startswith("Uid:"))
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = stat[stat.rindex(b")") + 2 :].split()
     container = _pid_namespace(pid, proc) not in (None, _pid_namespace("self", proc))
-    return Process(pid, int(fields[1]), int(uid_line.split()[2]), int(fields[19]), exe, container)
+    return Process(pid, p.ppid, p.uid, p.start, exe, container, p.loginuid)
+
+
+def title(pid, proc=defaults.PROC):
+    """Return a process's title (argv[0] as it set it: sshd writes what a connection is doing), or ''."""
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0", 1)[0].decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _pid_namespace(pid, proc):
@@ -235,28 +237,4 @@ def sshd_processes(proc=defaults.PROC):
     return out
 
 
-def socket_inodes(pid, proc=defaults.PROC):
-    """Return the inodes of the sockets a process holds. Raise PermissionError if we may not look.
-
-    The system sshd's processes are not dumpable, so their /proc entries belong to root and CAP_SYS_PTRACE
-    opens them. A process whose entries belong to a user is one that user started (a program they named
-    sshd, say): root without CAP_DAC_READ_SEARCH can't list its fds, and it serves none of the system
-    sshd's connections, so it is passed over rather than left to block the check for good.
-    """
-    inodes = set()
-    try:
-        names = os.listdir(f"{proc}/{pid}/fd")
-    except FileNotFoundError:
-        return inodes
-    except PermissionError:
-        if os.geteuid() == 0 and os.stat(f"{proc}/{pid}").st_uid != 0:
-            return inodes
-        raise
-    for name in names:
-        try:
-            target = os.readlink(f"{proc}/{pid}/fd/{name}")
-        except FileNotFoundError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(int(target[8:-1]))
-    return inodes
+socket_inodes = monitor.socket_inodes

@@ -13,7 +13,7 @@ import os
 import time
 from typing import NamedTuple
 
-from reaper import clock, config, decision, defaults, leases, live
+from reaper import clock, config, decision, defaults, leases, live, policy
 from reaper.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, ReaperError
 from reaper.log import logger
 
@@ -148,6 +148,7 @@ def evaluate(paths, cfg):
         evidence = live.gather(state["leases"], paths.proc)
         result = decision.decide(cfg, now, started, state, evidence, problem, views=False)
         changed = leases.end_leases(state, evidence.live, now) > 0  # first seen dead: now
+        changed |= leases.cap_closed(state, lambda record: policy.counts_closed(cfg, record)) > 0
         changed |= _adopt(state, evidence, boot)
         memory = state["reaper"]
         key = decision.change_key(result)

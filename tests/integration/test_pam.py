@@ -23,7 +23,9 @@ def read(state_dir):
         return json.load(f)
 
 
-def test_open_records_every_fact_and_close_ends_it(pam_stack, state_dir):
+def test_open_records_what_the_system_confirms_and_close_ends_it(pam_stack, state_dir):
+    # The session's process (python-pam here, not an sshd monitor) holds no TCP connection: SSH_CONNECTION
+    # and PAM_RHOST claim one, and the hook believes neither.
     auth_info = "publickey ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
     env = {"SSH_CONNECTION": CONN, "SSH_AUTH_INFO_0": auth_info}
     driver = pam_stack.start(user="root", steps=["open", "wait-stdin", "close"], rhost="192.0.2.10", env=env)
@@ -32,8 +34,8 @@ def test_open_records_every_fact_and_close_ends_it(pam_stack, state_dir):
         assert lease["pid"] == driver.pid
         assert {k: lease[k] for k in ("user", "uid", "service", "rhost", "tty", "conn", "client", "client_port",
                                       "server", "server_port", "key", "source")} == {  # fmt: skip
-            "user": "root", "uid": 0, "service": SERVICE, "rhost": "192.0.2.10", "tty": "ssh", "conn": CONN,
-            "client": "192.0.2.10", "client_port": 50123, "server": "127.0.0.1", "server_port": 22,
+            "user": "root", "uid": 0, "service": SERVICE, "rhost": None, "tty": "ssh", "conn": None,
+            "client": None, "client_port": None, "server": None, "server_port": None,
             "key": "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU", "source": "hook",
         }  # fmt: skip
         assert isinstance(lease["pid_start"], int) and lease["opened"] > 0 and lease["boot"]

@@ -22,8 +22,10 @@ KILLS = 600 if FULL else 120
 
 
 def pam_env(pam_type, port):
+    # The hook's parent here holds no connection, so SSH_CONNECTION is not believed; PAM_TTY, recorded as
+    # pam_exec gives it, names each writer's event instead.
     return {"PAM_TYPE": pam_type, "PAM_USER": "root", "PAM_SERVICE": "sshd", "PAM_RHOST": "127.0.0.1",
-            "PAM_TTY": "ssh", "SSH_CONNECTION": f"127.0.0.1 {port} 127.0.0.1 22"}  # fmt: skip
+            "PAM_TTY": f"t{port}", "SSH_CONNECTION": f"127.0.0.1 {port} 127.0.0.1 22"}  # fmt: skip
 
 
 def session_parent(state_dir, port, pause):
@@ -146,7 +148,9 @@ def test_writers_sigkilled_at_random_moments_never_corrupt_the_state(require_roo
         if what is not None and writer.returncode == 0:
             expected.add(what)
         state = leases.read_state(state_dir)  # raises if the file is not valid JSON of the right format
-        present = {lease["client_port"] for lease in state["leases"]}
+        present = {
+            lease["client_port"] if lease["tty"] == "ssh" else int(lease["tty"][1:]) for lease in state["leases"]
+        }
         assert expected <= present, f"completed events missing: {sorted(expected - present)[:5]}"
         assert present <= expected | killed, "an event nobody wrote appeared"
     assert reaper_kills > 0

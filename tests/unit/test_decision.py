@@ -104,6 +104,32 @@ def test_a_session_younger_than_min_session_does_not_count_yet_but_blocks_the_ac
     assert d.next_check == pytest.approx(5)
 
 
+def test_a_young_session_holds_the_action_at_most_min_session_past_the_deadline():
+    # Deadline at HOUR; min_session 10: the hold ends at HOUR + 10, whatever is still young then.
+    young = lease(opened=HOUR + 5)
+    held = decide(cfg(), HOUR + 9.9, state([young]))
+    assert not held.act and held.blocked_kind == "pending" and held.next_check == pytest.approx(0.1)
+    ended = decide(cfg(), HOUR + 10, state([young]))
+    assert ended.act and ended.blocked is None
+
+
+def test_a_session_opened_just_before_the_deadline_counts_before_the_hold_ends():
+    just_in_time = lease(opened=HOUR - 0.5)
+    assert not decide(cfg(), HOUR + 1, state([just_in_time])).act
+    assert decide(cfg(), HOUR + 9.5, state([just_in_time])).state == "active"
+
+
+def test_overlapping_probes_do_not_extend_the_hold_and_log_it_once():
+    keys = set()
+    for t in range(0, 30, 2):  # a probe every 2 s, each 3 s long, from the deadline on
+        probes = [lease(opened=HOUR + t - 1, pid=1 + t), lease(opened=HOUR + t, pid=2 + t)]
+        d = decide(cfg(), HOUR + t + 0.5, state(probes))
+        assert d.act == (t + 0.5 >= 10), t
+        if not d.act:
+            keys.add(decision.change_key(d))
+    assert len(keys) == 1, keys
+
+
 def test_a_closed_session_shorter_than_min_session_never_counts():
     st = state(closed_=[closed(HOUR - 1, opened=HOUR - 9)])
     d = decide(cfg(), HOUR, st)

@@ -35,11 +35,73 @@ def test_open_then_close_records_then_ends_the_lease(tmp_path):
     assert run_hook(d).returncode == 0
     (lease,) = read(d)["leases"]
     assert lease["pid"] == os.getpid() and lease["user"] == "root" and lease["uid"] == 0
-    assert (lease["client"], lease["client_port"], lease["server"], lease["server_port"]) == (
-        "127.0.0.1", 40000, "127.0.0.1", 22)  # fmt: skip
     assert run_hook(d, PAM_TYPE="close_session").returncode == 0
     st = read(d)
     assert st["leases"] == [] and st["closed"][0]["pid"] == os.getpid() and st["closed"][0]["end"] == "hook"
+
+
+# The session's process (the hook's parent) holds the server side of a real TCP connection, as sshd's monitor
+# does; it runs the hook through the launcher as pam_exec would.
+HOLDER = """
+import subprocess, sys
+fd = int(sys.argv[1])
+done = subprocess.run(sys.argv[2:], pass_fds=(fd,), env=eval(sys.stdin.read()))
+print(__import__("os").getpid())
+"""
+
+
+def run_hook_holding_connection(state_dir, env_for):
+    """Run the hook from a process holding one accepted TCP connection, with the environment
+    env_for(client, server) gives. Return (holder pid, client, server) as (address, port) pairs."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        with client, accepted:
+            fd = accepted.fileno()
+            env = {**PAM_ENV, **env_for(client.getsockname(), listener.getsockname())}
+            argv = [SYSTEM_PYTHON, "-I", "-c", HOLDER, str(fd), *HOOK_ARGV, "--state-dir", str(state_dir)]
+            done = subprocess.run(argv, input=repr(env), pass_fds=(fd,), capture_output=True, text=True,
+                                  check=True, timeout=10)  # fmt: skip
+            return int(done.stdout), client.getsockname(), listener.getsockname()
+
+
+def test_a_true_ssh_connection_is_recorded(tmp_path):
+    d = tmp_path / "s"
+    pid, client, server = run_hook_holding_connection(
+        d, lambda c, s: {"SSH_CONNECTION": f"{c[0]} {c[1]} {s[0]} {s[1]}", "PAM_RHOST": c[0]}
+    )
+    (lease,) = read(d)["leases"]
+    assert lease["pid"] == pid and lease["rhost"] == client[0]
+    assert (lease["client"], lease["client_port"], lease["server"], lease["server_port"]) == (*client, *server)
+
+
+def test_a_forged_ssh_connection_gives_way_to_the_sessions_socket(tmp_path):
+    d = tmp_path / "s"
+    forged = {"SSH_CONNECTION": "203.0.113.9 4444 127.0.0.1 22", "PAM_RHOST": "203.0.113.9"}
+    pid, client, server = run_hook_holding_connection(d, lambda c, s: forged)
+    (lease,) = read(d)["leases"]
+    assert (lease["client"], lease["client_port"], lease["server"], lease["server_port"]) == (*client, *server)
+    assert lease["rhost"] == client[0] and "203.0.113.9" not in json.dumps(lease)
+
+
+def test_without_a_socket_ssh_connection_is_not_believed(tmp_path):
+    d = tmp_path / "s"
+    run_hook(d, SSH_CONNECTION="203.0.113.9 4444 127.0.0.1 22", PAM_RHOST="203.0.113.9")
+    (lease,) = read(d)["leases"]
+    assert "203.0.113.9" not in json.dumps(lease)
+    assert (lease["client"], lease["client_port"], lease["rhost"]) == (None, None, None)
+
+
+def test_a_close_is_matched_by_the_process_alone_and_keeps_what_the_open_found(tmp_path):
+    d = tmp_path / "s"
+    run_hook(d, PAM_USER="root")
+    run_hook(d, PAM_TYPE="close_session", PAM_USER="daemon", PAM_RHOST="203.0.113.9", SSH_AUTH_INFO_0="x")
+    st = read(d)
+    (closed,) = st["closed"]
+    assert st["leases"] == [] and closed["user"] == "root" and closed["uid"] == 0
+    assert "daemon" not in json.dumps(st) and "203.0.113.9" not in json.dumps(st)
 
 
 def test_fingerprint_matches_ssh_keygen(tmp_path):
@@ -54,10 +116,10 @@ def test_fingerprint_matches_ssh_keygen(tmp_path):
     assert hook.key_fingerprint(None) is None
 
 
-def test_parse_args_takes_only_state_dir():
-    assert hook.parse_args([]) == "/run/idle-reaper"
-    assert hook.parse_args(["--state-dir", "/x"]) == "/x"
-    assert hook.parse_args(["--state-dir=/y"]) == "/y"
+def test_parse_args_takes_only_state_dir_and_config():
+    assert hook.parse_args([]) == ("/run/idle-reaper", "/etc/idle-reaper/config.yaml")
+    assert hook.parse_args(["--state-dir", "/x"]) == ("/x", "/etc/idle-reaper/config.yaml")
+    assert hook.parse_args(["--state-dir=/y", "--config", "/c"]) == ("/y", "/c")
     with pytest.raises(ValueError):
         hook.parse_args(["--other"])
 

@@ -187,6 +187,37 @@ def test_folding_keeps_the_closed_list_short():
     assert len(st["closed"]) == 1 and st["closed"][0]["closed"] == 1004.0
 
 
+def closed_from(n, first=0, user="alice", length=30.0):
+    """n closed records of distinct clients (so folding keeps every one), ending 1 s apart."""
+    out = []
+    for pid in range(first, first + n):
+        record = lease(pid=pid, user=user, opened=float(pid))
+        out.append(dict(record, client=f"10.0.{pid // 250}.{pid % 250}", closed=float(pid) + length, end="hook"))
+    return out
+
+
+def test_the_cap_keeps_the_newest_closed_records():
+    st = leases.empty_state(BOOT)
+    st["closed"] = closed_from(1500)
+    assert leases.cap_closed(st, lambda r: True) == 500
+    assert len(st["closed"]) == 1000 and st["closed"][0]["pid"] == 500 and st["closed"][-1]["pid"] == 1499
+
+
+def test_the_cap_never_loses_the_latest_counted_activity():
+    st = leases.empty_state(BOOT)
+    st["closed"] = closed_from(1, user="alice") + closed_from(3000, first=1, user="ci")
+    leases.cap_closed(st, lambda r: r["user"] != "ci")  # ci is ignored: alice's is the latest counted
+    assert len(st["closed"]) == 1000
+    assert st["closed"][0]["user"] == "alice" and st["closed"][-1]["pid"] == 3000
+
+
+def test_without_a_policy_the_cap_keeps_more_but_still_bounds():
+    st = leases.empty_state(BOOT)
+    st["closed"] = closed_from(6000)
+    leases.cap_closed(st, None)
+    assert len(st["closed"]) == 5000 and st["closed"][-1]["pid"] == 5999
+
+
 def test_stale_temp_files_are_removed(state_dir):
     junk = os.path.join(state_dir, "state.json.999.tmp")
     with open(junk, "w") as f:
@@ -339,7 +370,7 @@ def test_the_hook_records_a_pending_event_when_the_lock_is_busy(state_dir):
         assert [n for n in os.listdir(state_dir) if n.startswith("pending.")]
     (found,) = leases.load(state_dir, leases.read_state(state_dir)["boot"] if leases.read_state(state_dir) else
                            __import__("reaper.clock").clock.boot_key())["leases"]  # fmt: skip
-    assert found["client_port"] == 5
+    assert (found["user"], found["pid"]) == ("root", os.getpid())
 
 
 def test_the_hook_records_a_pending_event_when_the_state_is_unusable(state_dir):

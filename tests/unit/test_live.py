@@ -96,10 +96,45 @@ def test_a_user_session_is_found_with_its_user_and_monitor():
     assert (s.uid, s.pid, s.pid_start, s.client, s.client_port) == (1000, 20, 200, "192.0.2.4", 50000)
 
 
-def test_a_root_session_has_one_process_and_is_found():
-    root = Process(30, 10, 0, 300, "/usr/sbin/sshd")
+def test_a_root_session_has_one_process_and_is_found_by_its_loginuid():
+    root = Process(30, 10, 0, 300, "/usr/sbin/sshd", loginuid=0)
     (s,) = sessions([LISTEN, established(6)], [LISTENER, root], {10: {1}, 30: {6}})
     assert (s.uid, s.pid) == (0, 30)
+
+
+def test_a_root_session_is_found_by_its_title_where_the_loginuid_tells_nothing():
+    listener = LISTENER._replace(loginuid=0)  # started from a root shell: every child inherits loginuid 0
+    root = Process(30, 10, 0, 300, "/usr/sbin/sshd", loginuid=0)
+    titles = {30: "sshd: root@notty"}
+    (s,) = live.ssh_sessions([LISTEN, established(6)], [listener, root], {10: {1}, 30: {6}}.get, SSHD_UID,
+                             titles.get)  # fmt: skip
+    assert (s.uid, s.pid) == (0, 30)
+    titles[30] = "sshd: root [priv]"
+    assert live.ssh_sessions([LISTEN, established(6)], [listener, root], {10: {1}, 30: {6}}.get, SSHD_UID,
+                             titles.get) == []  # fmt: skip
+
+
+@pytest.mark.parametrize("title", ["sshd: [accepted]", "sshd: root [priv]", "sshd-session: [accepted]", ""])
+def test_a_connection_that_never_logged_in_is_not_a_session(title):
+    # At the banner, in key exchange, or after a failed login: a root monitor alone, no loginuid of its own.
+    monitor = Process(20, 10, 0, 200, "/usr/sbin/sshd")
+    found = live.ssh_sessions([LISTEN, established(5)], [LISTENER, monitor], {10: {1}, 20: {5}}.get, SSHD_UID,
+                              lambda pid: title)  # fmt: skip
+    assert found == []
+
+
+def test_nothing_a_user_runs_is_a_session_whatever_its_name():
+    # A user's own sshd (the real binary, run as the user) or a program named sshd, listening and connected.
+    listen = Socket("0.0.0.0", 2222, "0.0.0.0", 0, system.TCP_LISTEN, 3)
+    own = Process(40, 1, 1000, 400, "/usr/sbin/sshd", loginuid=1000)
+    child = Process(41, 40, 1000, 401, "/home/u/sshd", loginuid=1000)
+    assert sessions([listen, established(9, local_port=2222)], [own, child], {40: {3}, 41: {9}}) == []
+
+
+def test_a_monitor_with_a_loginuid_its_listener_lacks_is_logged_in():
+    monitor = Process(20, 10, 0, 200, "/usr/sbin/sshd", loginuid=1000)
+    (s,) = sessions([LISTEN, established(5)], [LISTENER, monitor], {10: {1}, 20: {5}})
+    assert (s.uid, s.pid) == (1000, 20)
 
 
 def test_a_connection_still_authenticating_is_not_a_session():
@@ -130,6 +165,7 @@ def test_sshd_is_found_by_executable_not_title(tmp_path):
         (d / "stat").write_text(f"{pid} ({title}) S {ppid} 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {pid * 10} 0 0\n")
         (d / "status").write_text(f"Name:\t{title}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
         (d / "comm").write_text(title + "\n")
+        (d / "loginuid").write_text("4294967295")
 
     fake(5, "/usr/sbin/sshd", "sshd-test")  # started through a symlink with another name
     fake(6, "/usr/sbin/sshd (deleted)", "sshd", ppid=5)  # the binary was upgraded under it
