@@ -6,6 +6,7 @@ import os
 import sys
 
 from reaper import __version__, config, defaults
+from reaper.durations import format_seconds
 from reaper.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ReaperError
 
 DESCRIPTION = """\
@@ -96,7 +97,8 @@ def handle_reap(args, paths):
 def handle_check_config(args, paths):
     cfg = config.load(paths.config)
     kind = "dstack dev-environment, " if cfg.dstack else ""
-    print(f"{paths.config}: ok ({kind}inactivity_duration {cfg.inactivity_duration or 'off'})")
+    duration = format_seconds(cfg.inactivity_duration) if cfg.inactivity_duration else "off"
+    print(f"{paths.config}: ok ({kind}inactivity_duration {duration})")
     return EXIT_OK
 
 

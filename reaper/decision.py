@@ -50,6 +50,7 @@ class Decision(NamedTuple):
     sessions: tuple = ()
     next_check: float | None = None  # seconds until the decision may change by itself
     new_sessions: int = 0  # live sessions that count once open for min_session
+    provisional: bool = False  # a session's end is taken as now, but only the next tick records it
 
 
 def _view(now, record, counted, reason, recorded=True, pending=False, container=False):
@@ -114,9 +115,11 @@ def decide(config, now, boot_started, state, evidence, state_problem=None, views
     counted_live = []
     pending = []  # live sessions that will count once they reach min_session
     ended = list(state["closed"]) if state else []
+    provisional = False
     for lease, is_live in zip(leases, evidence.live, strict=True):
         if not is_live:
             ended.append(dict(lease, closed=now))  # stale: it ends when first seen dead, which is now
+            provisional = True
             continue
         ignored = ignore_reason(lease)
         age = None if lease.get("opened") is None else now - lease["opened"]
@@ -164,6 +167,7 @@ def decide(config, now, boot_started, state, evidence, state_problem=None, views
         "idle_since": idle_since,
         "last_activity": last_activity,
         "new_sessions": len(pending),
+        "provisional": provisional,
     }
     if config.inactivity_duration is None:
         return Decision(DISABLED, "inactivity_duration is off", 0.0, None, False, **common)

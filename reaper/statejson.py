@@ -6,6 +6,7 @@
 """
 
 import _json
+import sys
 
 
 class DecodeError(ValueError):
@@ -32,20 +33,39 @@ _encode = _json.make_encoder(None, None, _json.encode_basestring_ascii, None, ":
 _WHITESPACE = " \t\n\r"
 
 
+class _ScanError(ValueError):
+    """Stands in for json.JSONDecodeError, which _json looks up in json.decoder to report an error."""
+
+    def __init__(self, msg, doc, pos):
+        super().__init__(f"{msg}: offset {pos}")
+
+
+def _scan_alone(text, start):
+    """_scan, with json.decoder stood in for while it runs unless already loaded: _json imports it to build
+    its error (and json pulls in re), and that import would land on the hook's path on a corrupt file."""
+    if "json.decoder" in sys.modules:
+        return _scan(text, start)
+    stub = type(sys)("json.decoder")
+    stub.JSONDecodeError = _ScanError
+    sys.modules["json.decoder"] = stub
+    try:
+        return _scan(text, start)
+    finally:
+        if sys.modules.get("json.decoder") is stub:
+            del sys.modules["json.decoder"]
+
+
 def loads(text):
     """Given JSON text, return the value. Raise DecodeError if it is not exactly one JSON document."""
     start = len(text) - len(text.lstrip(_WHITESPACE))
     try:
-        value, end = _scan(text, start)
+        value, end = _scan_alone(text, start)
     except StopIteration:
         raise DecodeError(f"no JSON value at offset {start}") from None
     except ValueError as e:  # json.JSONDecodeError is a ValueError
         raise DecodeError(str(e)) from None
     except RecursionError:
         raise DecodeError("nested too deeply") from None
-    except SystemError:
-        # _json builds its error from json.decoder, which we keep unimported; it then fails this way instead.
-        raise DecodeError(f"not valid JSON after offset {start}") from None
     if text[end:].strip(_WHITESPACE):
         raise DecodeError(f"extra data at offset {end}")
     return value

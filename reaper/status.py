@@ -52,6 +52,7 @@ def build(paths, cfg):
     now_boot, now_wall = clock.now(), time.time()
     until = d.seconds_until_action
     memory = (seen.state or {}).get("reaper", {})
+    unclear_since = memory.get("unclear_since") if decision.unclear(d) else None
     if seen.problem:
         file_status = "unusable"
     elif seen.file_missing:
@@ -69,6 +70,8 @@ def build(paths, cfg):
         "idle_since": _iso(_wall(d.idle_since, now_boot, now_wall)) if d.state == decision.IDLE else None,
         "last_activity": d.last_activity,
         "blocked": d.blocked,
+        "unclear_seconds": None if unclear_since is None else int(now_boot - unclear_since),
+        "deadline_provisional": d.provisional and until is not None,
         "sessions": [_session_json(v) for v in d.sessions],
         "inhibitors": [],
         "policy": {
@@ -107,7 +110,12 @@ def render(status):
     s = status
     state = s["state"]
     lines = []
-    if state == decision.IDLE and s["seconds_until_action"]:
+    if state == decision.IDLE and s["seconds_until_action"] and s["deadline_provisional"]:
+        headline = (
+            f"idle: acts in about {format_seconds(s['seconds_until_action'])}, at {_clock(s['action_at'])} or up to"
+            " a minute later (a session's end is recorded at the next tick)"
+        )
+    elif state == decision.IDLE and s["seconds_until_action"]:
         headline = f"idle: acts in {format_seconds(s['seconds_until_action'])}, at {_clock(s['action_at'])}"
     elif state == decision.IDLE and s["blocked"]:
         headline = f"idle, deadline passed, not acting: {s['blocked']}"
@@ -116,6 +124,8 @@ def render(status):
     else:
         headline = f"{state}: {s['reason']}"
     lines.append(f"State:     {headline}")
+    if s["unclear_seconds"] is not None:
+        lines.append(f"Unclear:   for {format_seconds(s['unclear_seconds'])}: nothing acts until the evidence is clear")
     if state == decision.IDLE:
         since = f"since {s['last_activity']} at {_clock(s['idle_since'])}"
         lines.append(f"Idle for:  {format_seconds(s['idle_seconds'])}, {since}")

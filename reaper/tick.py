@@ -14,6 +14,7 @@ import time
 from typing import NamedTuple
 
 from reaper import clock, config, decision, defaults, leases, live, policy
+from reaper.durations import format_seconds
 from reaper.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, ReaperError
 from reaper.log import logger
 
@@ -21,6 +22,8 @@ from reaper.log import logger
 WAKE_SLACK = 0.05
 # While waiting for a deadline, look this often for a session opening or closing.
 WATCH_INTERVAL = 0.5
+# Evidence unclear for this long deserves a warning in the journal (shorter spells are normal).
+UNCLEAR_WARN_AFTER = 600
 
 
 class Paths(NamedTuple):
@@ -157,10 +160,34 @@ def evaluate(paths, cfg):
             level(decision.summary(result))
             memory["last"], memory["since"] = key, now
             changed = True
+        changed |= _note_unclear(memory, result, now)
         memory["tick"] = now
         if changed or problem or raw is None or state["merged"]:
             leases.commit(paths.state_dir, state)
     return result
+
+
+def _note_unclear(memory, result, now):
+    """Remember since when the evidence has been unclear. A tick that skips is normal for a moment (a lock
+    held, a session between its login and its hook); one that lasts UNCLEAR_WARN_AFTER is logged at warning
+    level once, and once more when it ends. Return True if the memory changed."""
+    since = memory.get("unclear_since")
+    if decision.unclear(result):
+        if since is None:
+            memory["unclear_since"] = now
+            return True
+        if now - since >= UNCLEAR_WARN_AFTER and not memory.get("unclear_warned"):
+            logger.warning(f"the evidence has been unclear for {format_seconds(now - since)}, so nothing acts: "
+                           f"{result.blocked or result.reason}")  # fmt: skip
+            memory["unclear_warned"] = True
+            return True
+        return False
+    if since is None:
+        return False
+    if memory.pop("unclear_warned", False):
+        logger.warning(f"the evidence is clear again after {format_seconds(now - since)}")
+    memory["unclear_since"] = None
+    return True
 
 
 def _record_action(paths, idle_since, when):
