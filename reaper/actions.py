@@ -1,22 +1,45 @@
-"""Run the configured action: an argv list, never through a shell."""
+"""Run the configured action: an argv list, never through a shell.
 
+The reaper's own unit has no network (IPAddressDeny=any, no AF_INET). A command of the admin's (one that asks
+a control plane to stop this machine, say) may need it, so under systemd it runs in a unit of its own,
+idle-reaper-action.service, which has its own sandbox; the reaper starts that unit and waits for it.
+Poweroff is only a call to systemd, and runs from the reaper itself.
+"""
+
+import os
 import subprocess  # noqa: S404 - an argv list from the root-owned config, no shell
 
 from reaper.errors import ReaperError
 
 ACTION_TIMEOUT = 120
+ACTION_UNIT = "idle-reaper-action.service"
 
 
-def run(argv):
-    """Run the action. Return its output. Raise ReaperError if it can't start, times out or fails."""
+def under_systemd(environ=os.environ):
+    """True if this runs as a systemd unit (which sets INVOCATION_ID) on a system that systemd manages."""
+    return bool(environ.get("INVOCATION_ID")) and os.path.isdir("/run/systemd/system")
+
+
+def run(argv, in_unit=False):
+    """Run the action, or with `in_unit` start ACTION_UNIT (which runs it) and wait for it.
+
+    Return its output. Raise ReaperError if it can't start, times out or fails.
+    """
+    if in_unit:
+        # The unit's own TimeoutStartSec bounds the action; this waits a little longer for systemctl.
+        return _run(["systemctl", "start", ACTION_UNIT], ACTION_TIMEOUT + 30)
+    return _run(argv, ACTION_TIMEOUT)
+
+
+def _run(argv, timeout):
     try:
         done = subprocess.run(  # noqa: S603 - argv list, shell=False
-            list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=ACTION_TIMEOUT, check=False
+            list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
         )
     except OSError as e:
         raise ReaperError(f"action {list(argv)} could not start: {e.strerror}") from None
     except subprocess.TimeoutExpired:
-        raise ReaperError(f"action {list(argv)} did not finish within {ACTION_TIMEOUT}s") from None
+        raise ReaperError(f"action {list(argv)} did not finish within {timeout}s") from None
     output = (done.stdout + done.stderr).decode("utf-8", "replace").strip()
     if done.returncode != 0:
         raise ReaperError(f"action {list(argv)} failed with exit status {done.returncode}: {output[-500:]}")

@@ -62,6 +62,7 @@ def get_parser():
     )
     reap.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub.add_parser("check-config", help="validate the config file; print each problem and exit 3 if any")
+    sub.add_parser("run-action", help="run the configured action now (what idle-reaper-action.service runs)")
     return parser
 
 
@@ -102,14 +103,29 @@ def handle_check_config(args, paths):
     return EXIT_OK
 
 
-HANDLERS = {"status": handle_status, "reap": handle_reap, "check-config": handle_check_config}
+def handle_run_action(args, paths):
+    from reaper import actions
+
+    cfg = config.load(paths.config)
+    output = actions.run(cfg.action)
+    if output:
+        print(output)
+    return EXIT_OK
+
+
+HANDLERS = {
+    "status": handle_status,
+    "reap": handle_reap,
+    "check-config": handle_check_config,
+    "run-action": handle_run_action,
+}
 
 
 def main(argv=None):
     from reaper import log
 
     args = get_parser().parse_args(argv)
-    log.setup(verbose=getattr(args, "verbose", False), to_syslog=args.command == "reap")
+    log.setup(verbose=getattr(args, "verbose", False), to_syslog=args.command in ("reap", "run-action"))
     paths = _paths(args)
     try:
         return HANDLERS[args.command](args, paths)

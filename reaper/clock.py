@@ -31,12 +31,21 @@ def boot_id(proc=defaults.PROC):
         return f.read().strip()
 
 
-def boot_key(proc=defaults.PROC):
-    """Return a string naming this boot: the boot id and the start of PID 1 in this PID namespace.
+def boot_key(proc=defaults.PROC, container_file=defaults.CONTAINER_FILE):
+    """Return a string naming this boot, the same for the hook (in sshd's context) and the reaper (in its
+    sandbox): the start of PID 1 in this PID namespace, and what tells this kernel's boots or this
+    container's starts apart.
 
-    The PID 1 part tells two starts of one container apart, which share the host kernel's boot id.
+    On metal or in a VM that is the kernel's boot id. In a container (systemd writes container_file there)
+    the kernel is the host's, and what a process reads as the boot id depends on its /proc: nspawn mounts a
+    container's own over it, and a unit with ProtectProc= or ProtectKernelTunables= gets a fresh /proc that
+    shows the host's. There it is the PID namespace (this process's, which is PID 1's), which every /proc
+    of the container shows alike; PID 1's start tells two starts of one container apart.
     """
-    return f"{boot_id(proc)}/{process_start_ticks(1, proc)}"
+    start = process_start_ticks(1, proc)
+    if os.path.exists(container_file):
+        return f"pidns:{os.stat(f'{proc}/self/ns/pid').st_ino}/{start}"
+    return f"{boot_id(proc)}/{start}"
 
 
 def boot_started(proc=defaults.PROC):

@@ -28,3 +28,5 @@ MAX_CLOSED_NO_POLICY = 5000
 SYSLOG_IDENT = "idle-reaper"
 
 PROC = "/proc"
+# systemd writes the container manager's name here when it runs in a container (clock.boot_key).
+CONTAINER_FILE = "/run/systemd/container"

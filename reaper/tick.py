@@ -233,7 +233,7 @@ def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):
             from reaper import actions  # subprocess: only a tick that acts needs it, not every tick
 
             try:
-                output = actions.run(cfg.action)
+                output = actions.run(cfg.action, in_unit=cfg.action_name is None and actions.under_systemd())
             except ReaperError as e:
                 logger.error(f"{e}; the next tick tries again")
                 raise ReaperError(str(e), EXIT_FAILED) from None

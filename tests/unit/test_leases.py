@@ -399,3 +399,15 @@ def test_ending_many_stale_leases_is_one_pass_with_the_right_times():
     assert leases.end_leases(st, flags, 100.0) == 667
     assert len(st["leases"]) == 1333 and all(x["pid"] % 3 for x in st["leases"])
     assert st["closed"] and all(r["closed"] == 100.0 and r["end"] == "stale" for r in st["closed"])
+
+
+def test_in_a_container_the_boot_is_named_by_pid_1s_namespace_not_the_boot_id(tmp_path):
+    from reaper import clock
+
+    marker = tmp_path / "container"
+    metal = clock.boot_key(container_file=str(marker))
+    marker.write_text("systemd-nspawn\n")
+    inside = clock.boot_key(container_file=str(marker))
+    start = clock.process_start_ticks(1)
+    assert metal == f"{clock.boot_id()}/{start}"
+    assert inside == f"pidns:{os.stat('/proc/self/ns/pid').st_ino}/{start}" and clock.boot_id() not in inside
