@@ -82,6 +82,15 @@ def _uid_of(user):
         return None
 
 
+def _same_connection(claimed, held):
+    return (
+        monitor.same_address(claimed[0], held[0])
+        and claimed[1] == held[1]
+        and monitor.same_address(claimed[2], held[2])
+        and claimed[3] == held[3]
+    )
+
+
 def identify(env, pid, opening, proc=defaults.PROC):
     """Given the PAM environment and the session's process (pam_exec's parent), return (record, problems).
 
@@ -99,15 +108,15 @@ def identify(env, pid, opening, proc=defaults.PROC):
     if logged_in is not None and logged_in != uid:
         problems.append(f"PAM_USER {escape(user)} is not the session's loginuid {logged_in}")
         uid, user = logged_in, _user_of(logged_in)
-    conn = monitor.connection(pid, proc) if process else None
+    held = monitor.connections(pid, proc) if process else []
     hint = leases.clip(env.get("SSH_CONNECTION")) if opening else None
-    if hint is not None:
-        claimed = parse_connection(hint)
-        if conn is None:
-            problems.append(f"SSH_CONNECTION {escape(hint)} is not confirmed by the session's socket")
-        elif not (monitor.same_address(claimed[0], conn[0]) and claimed[1] == conn[1]
-                  and monitor.same_address(claimed[2], conn[2]) and claimed[3] == conn[3]):  # fmt: skip
-            problems.append(f"SSH_CONNECTION {escape(hint)} is not the session's socket")
+    claimed = parse_connection(hint)
+    matching = [c for c in held if _same_connection(claimed, c)]
+    # One connection held is the session's; of several, the one SSH_CONNECTION names (then confirmed).
+    conn = held[0] if len(held) == 1 else matching[0] if len(matching) == 1 else None
+    if hint is not None and not (conn and _same_connection(claimed, conn)):
+        seen = "not the session's socket" if conn else "not confirmed by the session's socket"
+        problems.append(f"SSH_CONNECTION {escape(hint)} is {seen}")
     client, client_port, server, server_port = conn or (None, None, None, None)
     rhost = leases.clip(env.get("PAM_RHOST"))
     if rhost is not None and monitor.is_ip(rhost) and not (client and monitor.same_address(rhost, client)):
@@ -184,11 +193,15 @@ def cap_closed(state, state_dir, config_path):
     """
     if len(state["closed"]) <= defaults.MAX_CLOSED:
         return
+    import site
+
+    site.main()  # the hook runs without site (-S); the config's parser needs Debian's dist-packages (yaml)
     from reaper import config, policy  # yaml, humanfriendly, ipaddress: not for the login path
 
     try:
         cfg = config.load(config_path, cache_dir=state_dir)
-    except Exception:  # noqa: BLE001 - a broken config: keep more rather than guess what counts
+    except Exception as e:  # noqa: BLE001 - a broken config: keep more rather than guess what counts
+        log(4, f"hook: the closed sessions are capped without the policy: {type(e).__name__}: {escape(e)}")
         leases.cap_closed(state, None)
         return
     leases.cap_closed(state, lambda record: policy.counts_closed(cfg, record))

@@ -118,9 +118,9 @@ def hex_address(text):
     return _socket.inet_ntop(_socket.AF_INET6, raw)
 
 
-def connection(pid, proc=defaults.PROC):
-    """Return the ESTABLISHED TCP connection a process holds, as (remote, remote port, local, local port),
-    read from its own network namespace, or None if it holds none (or more than one).
+def connections(pid, proc=defaults.PROC):
+    """Return the ESTABLISHED TCP connections a process holds, each as (remote, remote port, local, local
+    port), read from its own network namespace. An sshd monitor holds one: its client's.
     """
     inodes = socket_inodes(pid, proc)
     found = []
@@ -136,7 +136,7 @@ def connection(pid, proc=defaults.PROC):
                 local, local_port = fields[1].split(":")
                 remote, remote_port = fields[2].split(":")
                 found.append((hex_address(remote), int(remote_port, 16), hex_address(local), int(local_port, 16)))
-    return found[0] if len(found) == 1 else None
+    return found
 
 
 def is_ip(text):
