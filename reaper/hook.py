@@ -94,9 +94,10 @@ def _same_connection(claimed, held):
 def identify(env, pid, opening, proc=defaults.PROC):
     """Given the PAM environment and the session's process (pam_exec's parent), return (record, problems).
 
-    Everything in `env` is untrusted. The launcher passes, of each PAM item and PAM_TYPE, the value pam_exec
-    set itself; PAM environment variables (SSH_CONNECTION, SSH_AUTH_INFO_0) a user can replace by
-    close_session, so they are read only at open. What the system can tell is taken from it: the user from
+    Everything in `env` is untrusted. The launcher passes, of each PAM item (PAM_USER, PAM_RHOST, ...) and
+    PAM_TYPE, the value pam_exec set itself, which the PAM application (sshd) chose; PAM environment
+    variables (SSH_CONNECTION, SSH_AUTH_INFO_0) a user can replace by close_session, so they are read only at
+    open. What the system can tell is taken from it: the user from
     the process's loginuid, the connection from the socket it holds. A value the system contradicts is not
     recorded; `problems` says what was contradicted, escaped, for the log.
     """
@@ -118,8 +119,9 @@ def identify(env, pid, opening, proc=defaults.PROC):
         seen = "not the session's socket" if conn else "not confirmed by the session's socket"
         problems.append(f"SSH_CONNECTION {escape(hint)} is {seen}")
     client, client_port, server, server_port = conn or (None, None, None, None)
+    # PAM_RHOST is the item sshd set (a name, with UseDNS); an address that isn't the socket's gives way to it.
     rhost = leases.clip(env.get("PAM_RHOST"))
-    if rhost is not None and monitor.is_ip(rhost) and not (client and monitor.same_address(rhost, client)):
+    if client and rhost is not None and monitor.is_ip(rhost) and not monitor.same_address(rhost, client):
         problems.append(f"PAM_RHOST {escape(rhost)} is not the session's client {escape(client)}")
         rhost = client
     record = {
@@ -169,7 +171,7 @@ def record(pam_type, env, state_dir, proc=defaults.PROC, config_path=defaults.CO
                 if found is None:
                     what += " (its open was not recorded)"
                 else:
-                    shown = found
+                    shown, problems = found, []  # what the open found stands; nothing at close is needed
                 cap_closed(state, state_dir, config_path)
             leases.commit(state_dir, state)
     except (leases.LockTimeout, leases.StateError) as e:

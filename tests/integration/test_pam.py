@@ -25,7 +25,7 @@ def read(state_dir):
 
 def test_open_records_what_the_system_confirms_and_close_ends_it(pam_stack, state_dir):
     # The session's process (python-pam here, not an sshd monitor) holds no TCP connection: SSH_CONNECTION
-    # and PAM_RHOST claim one, and the hook believes neither.
+    # claims one, and the hook doesn't believe it. PAM_RHOST is the item the application set.
     auth_info = "publickey ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
     env = {"SSH_CONNECTION": CONN, "SSH_AUTH_INFO_0": auth_info}
     driver = pam_stack.start(user="root", steps=["open", "wait-stdin", "close"], rhost="192.0.2.10", env=env)
@@ -34,7 +34,7 @@ def test_open_records_what_the_system_confirms_and_close_ends_it(pam_stack, stat
         assert lease["pid"] == driver.pid
         assert {k: lease[k] for k in ("user", "uid", "service", "rhost", "tty", "conn", "client", "client_port",
                                       "server", "server_port", "key", "source")} == {  # fmt: skip
-            "user": "root", "uid": 0, "service": SERVICE, "rhost": None, "tty": "ssh", "conn": None,
+            "user": "root", "uid": 0, "service": SERVICE, "rhost": "192.0.2.10", "tty": "ssh", "conn": None,
             "client": None, "client_port": None, "server": None, "server_port": None,
             "key": "SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU", "source": "hook",
         }  # fmt: skip
