@@ -9,14 +9,24 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-# Everything the tests, the demo and the package build use, from Debian.
+# Everything the tests, the demo and the package build use, from Debian. A minimal Debian has no compiler:
+# musl-tools builds the hook's static launcher, gcc and libc6-dev a test library, and dpkg-buildpackage
+# checks for build-essential.
 APT_PACKAGES := python3 python3-venv python3-yaml python3-filelock python3-humanfriendly \
 	openssh-server openssh-client pamtester iproute2 procps util-linux passwd \
 	debootstrap systemd-container systemd \
 	debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject dpkg-dev fakeroot lintian groff-base \
+	build-essential gcc libc6-dev musl-tools \
 	hyperfine
 
-.PHONY: help deps venv lint test test-unit test-integration reliability deb demo bench clean
+# The hook's launcher built for this checkout: what the tests and the benchmarks give pam_exec. It execs
+# `/usr/bin/python3 -I -S` on this tree's hooks/pam-session (the package's build points it at
+# /usr/share/idle-reaper instead; packaging/debian/rules). tests/conftest.py builds it through `make launcher`.
+LAUNCHER_SOURCE := hooks/pam-session-launch.c
+LAUNCHER := build/hook/pam-session-launch
+LAUNCHER_HOOK := $(CURDIR)/hooks/pam-session
+
+.PHONY: help deps venv launcher lint test test-unit test-integration reliability deb demo bench clean
 
 help:
 	@echo "make demo   boot a throwaway Debian with the package, connect, disconnect, watch it power off"
@@ -41,6 +51,14 @@ $(VENV)/.stamp: setup.cfg pyproject.toml | deps
 
 venv: $(VENV)/.stamp
 
+launcher: $(LAUNCHER)
+
+# Into a temp file, then renamed: two test runs at once may both build it.
+$(LAUNCHER): $(LAUNCHER_SOURCE)
+	@mkdir -p $(@D)
+	musl-gcc -static -Os -Wall -Wextra -Werror -DHOOK='"$(LAUNCHER_HOOK)"' -o $@.$$$$.tmp $< \
+		&& chmod 0755 $@.$$$$.tmp && mv -f $@.$$$$.tmp $@
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -48,17 +66,17 @@ lint: venv
 # Tiers, fastest first: logic, then a real sshd and PAM stack, faults and load, the package, a booted systemd.
 TIERS := tests/unit tests/integration tests/reliability tests/package tests/system
 
-test: deps venv lint
+test: deps venv lint launcher
 	$(VPY) -m pytest $(TIERS)
 
-test-unit: venv
+test-unit: venv launcher
 	$(VPY) -m pytest tests/unit
 
-test-integration: deps venv
+test-integration: deps venv launcher
 	$(VPY) -m pytest tests/integration
 
 # The fault and load suite at the full counts RELIABILITY.md reports (make test runs smaller ones).
-reliability: deps venv
+reliability: deps venv launcher
 	IDLE_REAPER_FULL=1 $(VPY) -m pytest -v -s tests/reliability
 
 deb: deps
@@ -70,7 +88,7 @@ deb: deps
 demo: deps venv deb
 	$(VPY) -m tests.system.demo
 
-bench: deps venv deb
+bench: deps venv launcher deb
 	$(VPY) -m bench
 
 clean:

@@ -3,6 +3,7 @@ throwaway bookworm roots to install it in (tests/debroot.py)."""
 
 import pathlib
 import shutil
+import struct
 import subprocess
 from dataclasses import dataclass
 
@@ -15,6 +16,9 @@ BUILD_DEB = REPO / "packaging" / "build-deb"
 # A version above the tree's, for upgrade tests: build-deb adds it to the changelog of a staged copy only.
 UPGRADE_SUFFIX = "+upgrade1"
 PACKAGE = "idle-reaper"
+# ELF program header types (elf(5)): a PT_INTERP segment names the dynamic loader the kernel starts first.
+PT_LOAD = 1
+PT_INTERP = 3
 
 
 @dataclass(frozen=True)
@@ -71,3 +75,17 @@ def sh(root, script, check=True, timeout=300):
 def apt_install(*paths):
     """The command an image builder runs, as a shell fragment."""
     return "apt-get install -y -q --no-install-recommends " + " ".join(paths)
+
+
+def elf_segment_types(path):
+    """Given an ELF file, return the p_type of each of its program headers, in order (elf(5))."""
+    data = pathlib.Path(path).read_bytes()
+    assert data[:4] == b"\x7fELF", f"{path} is not an ELF file"
+    order = "<" if data[5] == 1 else ">"  # EI_DATA: 1 little-endian, 2 big-endian
+    if data[4] == 2:  # EI_CLASS 2: ELF64
+        (phoff,) = struct.unpack_from(order + "Q", data, 0x20)
+        phentsize, phnum = struct.unpack_from(order + "HH", data, 0x36)
+    else:
+        (phoff,) = struct.unpack_from(order + "I", data, 0x1C)
+        phentsize, phnum = struct.unpack_from(order + "HH", data, 0x2A)
+    return [struct.unpack_from(order + "I", data, phoff + i * phentsize)[0] for i in range(phnum)]

@@ -7,16 +7,19 @@ Each test gets its own overlay over the cached rootfs (tests/debroot.py), so eac
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import time
 
 import pytest
 
 from tests import debroot
-from tests.package.conftest import apt_install, put, sh
+from tests.package.conftest import PT_INTERP, PT_LOAD, apt_install, elf_segment_types, put, sh
 
-HOOK = "/usr/share/idle-reaper/hooks/pam-session"
-HOOK_LINE = f"session\toptional\tpam_exec.so quiet /usr/bin/python3 -I -S {HOOK}"
+# What pam_exec runs: the static launcher, which execs `/usr/bin/python3 -I -S` on the Python hook in
+# /usr/share/idle-reaper/hooks/pam-session with a fixed environment.
+LAUNCHER = "/usr/libexec/idle-reaper/pam-session"
+HOOK_LINE = f"session\toptional\tpam_exec.so quiet {LAUNCHER}"
 PAM_DIR = "etc/pam.d"
 UNITS = (
     "/lib/systemd/system/idle-reaper.service /lib/systemd/system/idle-reaper.timer /lib/systemd/system/idle-reaper.path"
@@ -99,20 +102,93 @@ def test_installed_commands_run_under_debian_python(root, deb):
 def test_installed_hook_records_a_session_as_pam_exec_runs_it(root, deb):
     (path,) = put(root, deb)
     sh(root, apt_install(path))
-    # pam_exec's environment: no PATH, no HOME. The parent is this shell, not an sshd monitor: the hook still
-    # records the lease, which is what shows that it finds the private package as installed.
+    # pam_exec's environment: no PATH, no HOME. The launcher runs the hook as installed, and the parent is
+    # this shell, not an sshd monitor: the hook still records the lease, which is what shows that the launcher
+    # finds the hook and the hook its private package.
     env = (
         "env -i PAM_TYPE=open_session PAM_USER=root PAM_SERVICE=sshd PAM_RHOST=192.0.2.7 PAM_TTY=ssh"
         " SSH_CONNECTION='192.0.2.7 40000 192.0.2.1 22'"
     )
     out = sh(
         root,
-        f"{env} /usr/bin/python3 -I -S {HOOK}; echo rc=$?; cat /run/idle-reaper/state.json",
+        f"{env} {LAUNCHER}; echo rc=$?; cat /run/idle-reaper/state.json",
     )
     rc, state = out.stdout.split("\n", 1)
     assert rc == "rc=0"
     leases = json.loads(state)["leases"]
     assert [(lease["user"], lease["service"], lease["rhost"]) for lease in leases] == [("root", "sshd", "192.0.2.7")]
+
+
+def test_installed_launcher_is_static(root, deb):
+    (path,) = put(root, deb)
+    sh(root, apt_install(path))
+    launcher = root / LAUNCHER.lstrip("/")
+    assert os.stat(launcher).st_mode & 0o7777 == 0o755
+    segments = elf_segment_types(launcher)
+    assert PT_LOAD in segments, segments
+    # No PT_INTERP: the kernel starts no dynamic loader, so nothing reads LD_PRELOAD and its kind.
+    assert PT_INTERP not in segments, f"{LAUNCHER} is dynamically linked: {segments}"
+    # The check can tell: the interpreter it execs is dynamically linked.
+    assert PT_INTERP in elf_segment_types(root / "usr/bin/python3")
+
+
+# A library a user could name in ~/.pam_environment (`LD_PRELOAD DEFAULT=...`): when a dynamic loader loads
+# it into a root process, its constructor leaves a marker.
+PRELOAD_SOURCE = r"""
+#include <fcntl.h>
+#include <unistd.h>
+
+__attribute__((constructor)) static void mark(void)
+{
+    if (geteuid() != 0)
+        return;
+    int fd = open(MARKER, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+        (void)write(fd, "root\n", 5);
+        close(fd);
+    }
+}
+"""
+PRELOAD = "/var/tmp/user-preload.so"
+MARKER = "/var/tmp/preload-ran-as-root"
+
+
+@pytest.fixture
+def preload_library(root, tmp_path):
+    """Build the marker library with the host's gcc (glibc as bookworm's) into root's /var/tmp."""
+    source = tmp_path / "preload.c"
+    source.write_text(PRELOAD_SOURCE)
+    cmd = ["gcc", "-shared", "-fPIC", "-Wall", "-Werror", f'-DMARKER="{MARKER}"', "-o", str(root / PRELOAD[1:])]
+    subprocess.run([*cmd, str(source)], check=True, env={"PATH": debroot.SYSTEM_PATH})  # noqa: S603
+    return root / MARKER[1:]
+
+
+@pytest.mark.parametrize("pam_type", ["open_session", "close_session"])
+def test_installed_launcher_keeps_the_users_ld_preload_from_root(root, deb, preload_library, pam_type):
+    (path,) = put(root, deb)
+    sh(root, apt_install(path))
+    marker = preload_library
+    # As pam_exec runs it at close_session on Debian's sshd stack: the PAM items and PAM_TYPE, plus the
+    # user's ~/.pam_environment (pam_env user_readenv=1). No PATH, no HOME. Its parent is not an sshd, so
+    # the hook may record nothing; what counts is that the library never ran as root.
+    env = {
+        "LD_PRELOAD": PRELOAD,
+        "PAM_TYPE": pam_type,
+        "PAM_USER": "root",
+        "PAM_SERVICE": "sshd",
+        "PAM_RHOST": "192.0.2.7",
+        "PAM_TTY": "ssh",
+        "SSH_CONNECTION": "192.0.2.7 40000 192.0.2.1 22",
+    }
+    pam_exec = "env -i " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
+    out = sh(root, f"{pam_exec} {LAUNCHER}; echo rc=$?").stdout
+    assert out.splitlines()[-1] == "rc=0"
+    assert not marker.exists(), f"{PRELOAD} ran as root through {LAUNCHER}"
+    # The same environment given to the interpreter directly, as the old PAM line did: the library runs as
+    # root. So the test can fail, and the launcher is what keeps it out.
+    out = sh(root, f"{pam_exec} /usr/bin/python3 -I -S -c pass; echo rc=$?").stdout
+    assert out.splitlines()[-1] == "rc=0"
+    assert marker.read_text() == "root\n"
 
 
 def test_units_verify_clean_as_installed(root, deb):
@@ -183,7 +259,7 @@ def test_purge_leaves_nothing_behind(root, deb):
     (path,) = put(root, deb)
     before = _snapshot(root)
     # Install, use (the hook writes state), purge: all in one run, so /run is the same tmpfs throughout.
-    hook = f"env -i PAM_TYPE=open_session PAM_USER=root PAM_SERVICE=sshd /usr/bin/python3 -I -S {HOOK}"
+    hook = f"env -i PAM_TYPE=open_session PAM_USER=root PAM_SERVICE=sshd {LAUNCHER}"
     script = f"{apt_install(path)} >/dev/null; {hook}; echo used $(ls /run/idle-reaper)"
     out = sh(root, f"{script}; apt-get purge -y -q idle-reaper >/dev/null; echo left $(ls -A /run)").stdout
     lines = dict(line.split(" ", 1) for line in out.splitlines() if line.startswith(("used ", "left ")))

@@ -67,12 +67,12 @@ def now():
 
 
 def find_deb():
-    """Return the .deb to test: $IDLE_REAPER_DEB, else the newest dist/idle-reaper_*_all.deb (`make deb`)."""
+    """Return the .deb to test: $IDLE_REAPER_DEB, else the newest dist/idle-reaper_*.deb (`make deb`)."""
     if os.environ.get(DEB_ENV):
         return pathlib.Path(os.environ[DEB_ENV])
-    debs = sorted(DIST.glob("idle-reaper_*_all.deb"), key=lambda p: p.stat().st_mtime)
+    debs = sorted(DIST.glob("idle-reaper_*.deb"), key=lambda p: p.stat().st_mtime)
     if not debs:
-        raise FileNotFoundError(f"no {DIST}/idle-reaper_*_all.deb: run `make deb` first (or set {DEB_ENV})")
+        raise FileNotFoundError(f"no {DIST}/idle-reaper_*.deb: run `make deb` first (or set {DEB_ENV})")
     return debs[-1]
 
 
@@ -82,7 +82,7 @@ def build_deb(out):
     if done.returncode != 0:
         output = f"{done.stdout[-3000:]}{done.stderr[-3000:]}"
         raise AssertionError(f"packaging/build-deb failed ({done.returncode}):\n{output}")
-    (deb,) = pathlib.Path(out).glob("idle-reaper_*_all.deb")
+    (deb,) = pathlib.Path(out).glob("idle-reaper_*.deb")
     return deb
 
 
