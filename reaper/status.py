@@ -97,6 +97,7 @@ def build(paths, cfg):
         "last_tick": _iso(_wall(memory.get("tick"), now_boot, now_wall)),
         "action_ran_at": _iso(_wall(memory.get("acted_at"), now_boot, now_wall)),
         "booted": _iso(_wall(clock.boot_started(paths.proc), now_boot, now_wall)),
+        "boot": clock.boot_key(paths.proc),
         "now": _iso(_wall(now_boot, now_boot, now_wall)),
     }
 

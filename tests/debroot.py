@@ -58,22 +58,22 @@ def mirror(sources=SOURCES):
     return FALLBACK_MIRROR
 
 
-def cache_key(packages=PACKAGES):
+def cache_key(packages=PACKAGES, suite=SUITE):
     """Given a package list, return the short hash naming its cache entry (order and duplicates don't matter)."""
-    text = "\n".join([BUILD_FORMAT, SUITE, VARIANT, *sorted(set(packages))])
+    text = "\n".join([BUILD_FORMAT, suite, VARIANT, *sorted(set(packages))])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def entry_dir(packages=PACKAGES):
-    return CACHE_DIR / f"{SUITE}-{VARIANT}-{cache_key(packages)}"
+def entry_dir(packages=PACKAGES, suite=SUITE):
+    return CACHE_DIR / f"{suite}-{VARIANT}-{cache_key(packages, suite)}"
 
 
-def cached_rootfs(packages=PACKAGES):
+def cached_rootfs(packages=PACKAGES, suite=SUITE):
     """Return the path of the cached rootfs for this package list, building it first if it is missing.
 
     Never modify what this returns: every later test run reuses it. Use fresh_root() for a writable copy.
     """
-    entry = entry_dir(packages)
+    entry = entry_dir(packages, suite)
     rootfs = entry / "rootfs"
     if rootfs.is_dir():
         return rootfs
@@ -88,7 +88,7 @@ def cached_rootfs(packages=PACKAGES):
         shutil.rmtree(entry, ignore_errors=True)  # an entry without its rootfs is broken: build it again
         build = CACHE_DIR / f".build-{entry.name}-{os.getpid()}"
         try:
-            _debootstrap(build / "rootfs", packages)
+            _debootstrap(build / "rootfs", packages, suite)
             (build / "packages").write_text("\n".join(sorted(set(packages))) + "\n")
             os.rename(build, entry)
         finally:
@@ -96,13 +96,13 @@ def cached_rootfs(packages=PACKAGES):
     return rootfs
 
 
-def _debootstrap(target, packages):
+def _debootstrap(target, packages, suite):
     target.parent.mkdir(parents=True)
     cmd = [
         "debootstrap",
         f"--variant={VARIANT}",
         "--include=" + ",".join(sorted(set(packages))),
-        SUITE,
+        suite,
         str(target),
         mirror(),
     ]
@@ -117,13 +117,13 @@ def _debootstrap(target, packages):
 
 
 @contextlib.contextmanager
-def fresh_root(packages=PACKAGES, parent=None, copy=False):
+def fresh_root(packages=PACKAGES, parent=None, copy=False, suite=SUITE):
     """Yield a writable rootfs for one test, from the cache; unmount and delete it afterwards.
 
     It is an overlayfs over the cached rootfs, or a `cp -a` copy with copy=True or where overlayfs fails.
     Its directory name is unique, because systemd-nspawn derives the machine name from it.
     """
-    lower = cached_rootfs(packages)
+    lower = cached_rootfs(packages, suite)
     work = pathlib.Path(tempfile.mkdtemp(prefix="idle-reaper-root-", dir=parent))
     root = work / f"deb-{uuid.uuid4().hex[:12]}"
     mounted = False

@@ -21,8 +21,8 @@ SAMPLE_CONFIG = PACKAGING / "config.yaml"
 PRIVATE = "./usr/share/idle-reaper/"
 # What pam_exec runs (packaging/pam-configs/idle-reaper): the static launcher of the Python hook.
 LAUNCHER = "/usr/libexec/idle-reaper/pam-session"
-# The worst `systemd-analyze security` exposure the service may have; it was 2.5 ("OK") when last hardened.
-MAX_EXPOSURE = 2.5
+# The worst `systemd-analyze security` exposure the service may have: 1.6 ("OK") since issue 10 (was 2.5).
+MAX_EXPOSURE = 1.6
 
 
 def _contents(deb):
@@ -83,6 +83,7 @@ def test_package_holds_the_installed_layout(deb):
         "./lib/systemd/system/idle-reaper.service",
         "./lib/systemd/system/idle-reaper.timer",
         "./lib/systemd/system/idle-reaper.path",
+        "./lib/systemd/system/idle-reaper-action.service",
         "./usr/share/pam-configs/idle-reaper",
         "./etc/idle-reaper/config.yaml",
         "./usr/share/man/man8/idle-reaper.8.gz",
@@ -142,6 +143,7 @@ def test_maintainer_scripts_manage_pam_and_never_start_the_service(deb):
     # dh_installsystemd was given only the timer and the path unit: the service is neither enabled nor started.
     assert "'idle-reaper.timer'" in postinst and "'idle-reaper.path'" in postinst
     assert "idle-reaper.service" not in postinst
+    assert "idle-reaper-action.service" not in postinst, "the action's unit is started only by a tick"
 
 
 def test_timer_cadence_lands_the_action_on_the_deadline():
@@ -190,10 +192,16 @@ def test_service_hardening_scores_ok(record_property):
 
 def test_service_keeps_what_the_reaper_needs():
     s = _unit("idle-reaper.service")["Service"]
-    # (a) sshd's non-dumpable processes, (b) the host's /proc/net, (c) nspawn's boot id overlay on /proc.
+    # (a) sshd's non-dumpable processes, (b) the host's /proc/net (ProcSubset=pid would hide it), (c) sockets
+    # over netlink and systemd over AF_UNIX, and nothing else: a command action that needs the network runs in
+    # idle-reaper-action.service.
     assert s["CapabilityBoundingSet"] == "CAP_SYS_PTRACE"
-    for remounts_proc in ("ProtectProc", "ProcSubset", "ProtectKernelTunables", "ProtectControlGroups"):
-        assert remounts_proc not in s
+    assert "ProcSubset" not in s
+    assert s["RestrictAddressFamilies"] == "AF_UNIX AF_NETLINK" and s["IPAddressDeny"] == "any"
+    assert (s["ProtectProc"], s["ProtectKernelTunables"], s["ProtectControlGroups"]) == ("invisible", "yes", "yes")
+    action = _unit("idle-reaper.idle-reaper-action.service")
+    assert action["Service"]["ExecStart"] == "/usr/bin/idle-reaper run-action" and "Install" not in action
+    assert "IPAddressDeny" not in action["Service"] and "RestrictAddressFamilies" not in action["Service"]
     for hides_host in ("PrivateNetwork", "PrivateUsers", "NetworkNamespacePath", "RootDirectory"):
         assert hides_host not in s
     assert s["ProtectSystem"] == "strict"

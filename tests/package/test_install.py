@@ -237,7 +237,7 @@ def test_upgrade_keeps_an_edited_config(root, deb, deb_upgrade):
     assert _pam_lines(root) == {"common-session": [HOOK_LINE]}
     assert (
         sh(root, "idle-reaper check-config").stdout.strip()
-        == "/etc/idle-reaper/config.yaml: ok (inactivity_duration 7200)"
+        == "/etc/idle-reaper/config.yaml: ok (inactivity_duration 2h)"
     )
     assert (root / TIMER_LINK).is_symlink()
 
@@ -338,16 +338,18 @@ def test_live_install_starts_the_timer_runs_no_reap_and_the_service_sees_the_hoo
         assert (path_unit["ActiveState"], path_unit["UnitFileState"]) == ("active", "enabled")
         assert service["ActiveState"] == "inactive" and service["ExecMainStartTimestampMonotonic"] == "0"
         assert _inside(pid, "journalctl -q -t idle-reaper --no-pager").stdout == ""
-        # A tick as the timer runs it works in the hardened unit, and its sandbox reads the boot id that the
-        # PAM hook reads in sshd's context (nspawn overlays it on /proc; a /proc remount would lose it).
+        # A tick as the timer runs it works in the hardened unit, and its sandbox (a /proc of its own, which
+        # shows the host's boot id, not the one nspawn overlays) names the boot as the hook does in sshd's
+        # context: status reports the boot as each reads it.
         dropin = root / "etc/systemd/system/idle-reaper.service.d"
         dropin.mkdir(parents=True)
-        (dropin / "boot-id.conf").write_text(
-            "[Service]\nExecStartPre=/bin/sh -c 'cat /proc/sys/kernel/random/boot_id > /run/idle-reaper/seen-boot-id'\n"
+        (dropin / "boot.conf").write_text(
+            "[Service]\nExecStartPre=/bin/sh -c '/usr/bin/idle-reaper status --json > /run/idle-reaper/seen.json'\n"
         )
         _inside(pid, "systemctl daemon-reload; systemctl start idle-reaper.service")
-        seen = _inside(pid, "cat /run/idle-reaper/seen-boot-id /proc/sys/kernel/random/boot_id").stdout.split()
-        assert seen[0] == seen[1]
+        sandboxed = json.loads(_inside(pid, "cat /run/idle-reaper/seen.json").stdout)["boot"]
+        outside = json.loads(_inside(pid, "/usr/bin/idle-reaper status --json").stdout)["boot"]
+        assert sandboxed == outside and sandboxed.startswith("pidns:"), (sandboxed, outside)
         assert "disabled" in _inside(pid, "journalctl -q -t idle-reaper --no-pager -o cat").stdout
         # The unit's UMask=0077 leaves the modes DESIGN.md gives, which the code sets itself.
         modes = _inside(pid, "cd /run/idle-reaper && stat -c '%n %a %U' . state.json state.lock").stdout
