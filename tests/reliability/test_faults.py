@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from reaper import clock, leases
+from reaper import clock
+from reaper.state import leases
 from tests.conftest import HOOK_ARGV, REPO, SYSTEM_PYTHON, cli_env
 from tests.integration.sshd import VENV_PYTHON, idle_reaper, status
 from tests.reliability.conftest import due_config
