@@ -46,11 +46,12 @@ def read_state(state_dir):
     """Return (the state as a reader sees it, how many events wait in pending files).
 
     A hook that can't get the lock in time writes its event to a pending file, which the next writer folds in
-    and readers fold in memory (reaper/leases.py); so this reads through the reaper's own reader when it has one.
+    and readers fold in memory (reaper/state/leases.py); so this reads through the reaper's own reader when it has one.
     """
     pending = sum(1 for n in os.listdir(state_dir) if n.startswith("pending.")) if os.path.isdir(state_dir) else 0
     try:
-        from reaper import clock, leases
+        from reaper import clock
+        from reaper.state import leases
 
         if hasattr(leases, "load"):
             return leases.load(state_dir, clock.boot_key()), pending

@@ -16,11 +16,11 @@ import textwrap
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from reaper.config import SCHEMA  # noqa: E402
+from reaper.config.schema import SCHEMA  # noqa: E402
 
 CONFIG = HERE / "config.yaml"
 MANPAGE = HERE / "idle-reaper.8"
-BEGIN = '.\\" BEGIN config keys: generated from reaper/config.py SCHEMA by packaging/gen_reference.py'
+BEGIN = '.\\" BEGIN config keys: generated from reaper/config/schema.py SCHEMA by packaging/gen_reference.py'
 END = '.\\" END config keys'
 WIDTH = 100
 
@@ -106,7 +106,7 @@ def main(argv=None):
     stale = [path for path, text in wanted.items() if not path.exists() or path.read_text() != text]
     if args.check:
         for path in stale:
-            sys.stderr.write(f"{path} is out of step with reaper/config.py SCHEMA: run {sys.argv[0]}\n")
+            sys.stderr.write(f"{path} is out of step with reaper/config/schema.py SCHEMA: run {sys.argv[0]}\n")
         return 1 if stale else 0
     for path in stale:
         path.write_text(wanted[path])

@@ -1,13 +1,11 @@
 """The `idle-reaper` command: status, reap and check-config. Only main() turns errors into exit codes."""
 
 import argparse
-import json
 import os
 import sys
 
 from reaper import __version__, config, defaults
-from reaper.durations import format_seconds
-from reaper.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ReaperError
+from reaper.errors import EXIT_CONFIG, EXIT_FAILED, ReaperError
 
 DESCRIPTION = """\
 Power off this machine once nobody has had an SSH session on it for inactivity_duration.
@@ -67,7 +65,7 @@ def get_parser():
 
 
 def _paths(args):
-    from reaper.tick import Paths
+    from reaper.observe import Paths
 
     return Paths(
         config=config.default_path(args.config, os.environ),
@@ -75,50 +73,8 @@ def _paths(args):
     )
 
 
-def handle_status(args, paths):
-    from reaper import status
-
-    cfg = config.load(paths.config, cache_dir=paths.state_dir)
-    view = status.build(paths, cfg)
-    if args.json:
-        # Indented for a person at a terminal; compact for a program. json.dumps, not json.dump: only dumps
-        # without indent uses the C encoder (dump streams through the pure-Python one, 10x slower).
-        sys.stdout.write(json.dumps(view, indent=2 if sys.stdout.isatty() else None) + "\n")
-    else:
-        print(status.render(view))
-    return EXIT_OK
-
-
-def handle_reap(args, paths):
-    from reaper import tick
-
-    return tick.reap(paths, dry_run=args.dry_run, wait=args.wait)
-
-
-def handle_check_config(args, paths):
-    cfg = config.load(paths.config)
-    kind = "dstack dev-environment, " if cfg.dstack else ""
-    duration = format_seconds(cfg.inactivity_duration) if cfg.inactivity_duration else "off"
-    print(f"{paths.config}: ok ({kind}inactivity_duration {duration})")
-    return EXIT_OK
-
-
-def handle_run_action(args, paths):
-    from reaper import actions
-
-    cfg = config.load(paths.config)
-    output = actions.run(cfg.action)
-    if output:
-        print(output)
-    return EXIT_OK
-
-
-HANDLERS = {
-    "status": handle_status,
-    "reap": handle_reap,
-    "check-config": handle_check_config,
-    "run-action": handle_run_action,
-}
+# Each subcommand is a module of reaper.commands with handle(args, paths) -> exit code, imported only when run.
+COMMANDS = {"status": "status", "reap": "reap", "check-config": "check_config", "run-action": "run_action"}
 
 
 def main(argv=None):
@@ -128,7 +84,9 @@ def main(argv=None):
     log.setup(verbose=getattr(args, "verbose", False), to_syslog=args.command in ("reap", "run-action"))
     paths = _paths(args)
     try:
-        return HANDLERS[args.command](args, paths)
+        import importlib
+
+        return importlib.import_module(f"reaper.commands.{COMMANDS[args.command]}").handle(args, paths)
     except config.ConfigError as e:
         for line in str(e).splitlines():
             log.logger.error(line)

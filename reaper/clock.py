@@ -9,7 +9,8 @@ Imported by the PAM hook, so it uses nothing beyond os and time.
 import os
 import time
 
-from reaper import defaults, monitor
+from reaper import defaults
+from reaper.evidence import monitor
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

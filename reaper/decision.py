@@ -6,9 +6,10 @@ evidence from the live system. Nothing here reads a file or the clock.
 
 from typing import NamedTuple
 
-from reaper import live, policy
-from reaper.durations import format_seconds
+from reaper import policy
+from reaper.config.durations import format_seconds
 from reaper.escape import escape
+from reaper.evidence import ssh
 
 # A reason names at most this many sessions; `status` lists them all.
 NAMED = 3
@@ -132,7 +133,7 @@ def decide(config, now, boot_started, state, evidence, state_problem=None, views
             pending.append((lease, config.min_session - age))
 
     unexplained = []
-    index = (evidence.index or live.LeaseIndex(leases)) if evidence.sessions else None
+    index = (evidence.index or ssh.LeaseIndex(leases)) if evidence.sessions else None
     for session in evidence.sessions:
         if index.explaining(session) is not None:
             continue

@@ -10,8 +10,10 @@ file of its own. It always exits 0. Its own errors go to syslog.
 import os
 import sys
 
-from reaper import clock, defaults, leases, monitor
+from reaper import clock, defaults
 from reaper.escape import escape
+from reaper.evidence import monitor
+from reaper.state import leases
 
 
 def parse_args(argv):

@@ -2,7 +2,7 @@
 
 import ipaddress
 
-from reaper.durations import format_seconds
+from reaper.config.durations import format_seconds
 from reaper.escape import escape
 
 

@@ -11,6 +11,7 @@ import pytest
 
 import reaper
 from reaper import actions, config, errors
+from reaper.config import schema
 from tests.conftest import REPO
 from tests.package.conftest import PACKAGE
 
@@ -90,7 +91,8 @@ def test_package_holds_the_installed_layout(deb):
         "./usr/lib/tmpfiles.d/idle-reaper.conf",
         "./usr/share/doc/idle-reaper/copyright",
     ]
-    plain += [PRIVATE + "reaper/" + p.name for p in (REPO / "reaper").glob("*.py")]
+    sources = (p for p in (REPO / "reaper").rglob("*.py") if "__pycache__" not in p.parts)
+    plain += [PRIVATE + str(p.relative_to(REPO)) for p in sources]
     for path in executables:
         assert path in files, path
         assert files[path][0] == "-rwxr-xr-x", (path, files[path])
@@ -235,8 +237,8 @@ def test_sample_config_is_off_and_its_commented_keys_are_the_defaults(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(uncommented)
     everything = config.load(str(path), check_owner=False)
-    assert everything == config.Config(path=str(path), inactivity_duration=None)
-    keys = {o.key for o in config.SCHEMA}
+    assert everything == schema.Config(path=str(path), inactivity_duration=None)
+    keys = {o.key for o in schema.SCHEMA}
     parents = {k.split(".")[0] for k in keys if "." in k}
     shown = (set(re.findall(r"^#(\w+):", text, re.M)) - parents) | {"inactivity_duration"}
     shown |= {f"ignore.{k}" for k in re.findall(r"^#  (\w+):", text, re.M)}
@@ -257,7 +259,7 @@ def _section(text, title):
 
 
 def _dict_keys(function):
-    """Return the string keys of the dict literals in a function of reaper/status.py."""
+    """Return the string keys of the dict literals in a function of reaper/commands/status.py."""
     tree = ast.parse((REPO / "reaper" / "status.py").read_text())
     node = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
     return {k.value for d in ast.walk(node) if isinstance(d, ast.Dict) for k in d.keys if isinstance(k, ast.Constant)}
@@ -265,7 +267,7 @@ def _dict_keys(function):
 
 def test_man_page_documents_every_key_exit_code_status_field_and_option():
     text = _man_text()
-    for option in config.SCHEMA:
+    for option in schema.SCHEMA:
         assert f".B {option.key}\n" in _section(text, "CONFIGURATION"), option.key
     exits = _section(text, "EXIT STATUS")
     codes = {name: value for name, value in vars(errors).items() if name.startswith("EXIT_")}

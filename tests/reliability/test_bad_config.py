@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from reaper import leases
+from reaper.state import leases
 from tests.integration.sshd import idle_reaper
 from tests.reliability.conftest import due_config
 

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from reaper import clock, leases
+from reaper import clock
+from reaper.state import leases
 from tests.conftest import HOOK_ARGV, REPO, SYSTEM_PYTHON, cli_env
 from tests.integration.sshd import VENV_PYTHON, idle_reaper, status
 from tests.reliability.conftest import due_config
@@ -79,7 +80,7 @@ def test_a_stuck_lock_holder_delays_a_login_by_about_a_second_the_reaper_skips_a
     os.makedirs(state_dir, mode=0o755)
     holder = subprocess.Popen(
         [SYSTEM_PYTHON, "-I", "-c",
-         f"import sys; sys.path.insert(0, {str(REPO)!r}); from reaper import leases; import time\n"
+         f"import sys; sys.path.insert(0, {str(REPO)!r}); from reaper.state import leases; import time\n"
          f"with leases.FlockLock({state_dir!r}, 1):\n print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -11,7 +11,8 @@ import statistics
 import subprocess
 import sys
 
-from reaper import clock, defaults, leases
+from reaper import clock, defaults
+from reaper.state import leases
 from tests.conftest import HOOK_ARGV, REPO, SYSTEM_PYTHON
 
 FULL = os.environ.get("IDLE_REAPER_FULL") == "1"

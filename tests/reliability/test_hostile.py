@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from reaper import leases
+from reaper.state import leases
 from tests.integration.pamstack import SERVICE, PamStack
 from tests.integration.sshd import idle_reaper, status
 

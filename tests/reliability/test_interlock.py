@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from reaper import leases
+from reaper.state import leases
 from tests.conftest import REPO, cli_env
 from tests.integration.sshd import Sshd, end, idle_reaper, status
 from tests.reliability.conftest import due_config

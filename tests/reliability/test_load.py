@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from reaper import clock, leases
+from reaper import clock
+from reaper.state import leases
 from tests.conftest import HOOK_ARGV, cli_env
 from tests.integration.sshd import idle_reaper
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from reaper import leases
+from reaper.state import leases
 from tests.conftest import HOOK_ARGV, REPO, SYSTEM_PYTHON, cli_env
 from tests.integration.sshd import idle_reaper, status
 from tests.reliability.conftest import due_config

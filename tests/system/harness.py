@@ -53,7 +53,7 @@ CONSOLE_UNITS = ["systemd-ask-password-console.path", "systemd-ask-password-wall
 USERS = ("dev", "dev2", "probe")
 BOOT_TIMEOUT = 60
 CONFIG_PATH = "/etc/idle-reaper/config.yaml"
-# How the reaper says it is about to run the action (reaper/tick.py); used to time the action from the journal.
+# How the reaper says it is about to run the action (reaper/commands/reap.py); used to time the action from the journal.
 ACTION_LOG = "running the action"
 # journalctl matches for everything about idle-reaper: the unit (systemd's lines too), the reaper, the PAM hook.
 JOURNAL_MATCHES = [

@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from reaper import config
+from reaper.config import schema
 from reaper.errors import ConfigError
 from tests.conftest import REPO, SYSTEM_PYTHON
 
@@ -193,7 +194,7 @@ def test_sticky_world_writable_parent_is_fine(tmp_path):
 
 
 def test_schema_lists_every_key_the_loader_accepts():
-    keys = {o.key for o in config.SCHEMA}
+    keys = {o.key for o in schema.SCHEMA}
     assert keys == {"inactivity_duration", "min_session", "services", "ignore.users", "ignore.networks",
                     "ignore.keys", "action"}  # fmt: skip
 

@@ -5,8 +5,8 @@ import ipaddress
 import pytest
 
 from reaper import decision
-from reaper.config import Config
-from reaper.live import Evidence, LiveSession
+from reaper.config.schema import Config
+from reaper.evidence.ssh import Evidence, LiveSession
 
 BOOT = "b/1"
 HOUR = 3600

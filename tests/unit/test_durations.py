@@ -1,6 +1,6 @@
 import pytest
 
-from reaper import durations
+from reaper.config import durations
 
 
 @pytest.mark.parametrize(

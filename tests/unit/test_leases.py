@@ -9,7 +9,7 @@ import time
 import filelock
 import pytest
 
-from reaper import leases, statejson
+from reaper.state import leases, statejson
 
 BOOT = "boot-a/10"
 

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from reaper import clock, live, system
-from reaper.system import Process, Socket
+from reaper import clock
+from reaper.evidence import ssh, system
+from reaper.evidence.system import Process, Socket
 
 
 def lease_for(pid, start, conn=None):
@@ -19,19 +20,19 @@ def lease_for(pid, start, conn=None):
 
 def test_a_running_process_with_its_start_time_is_live():
     me = os.getpid()
-    assert live.lease_live(lease_for(me, clock.process_start_ticks(me)), set())
+    assert ssh.lease_live(lease_for(me, clock.process_start_ticks(me)), set())
 
 
 def test_a_reused_pid_is_not_live():
     me = os.getpid()
-    assert not live.lease_live(lease_for(me, clock.process_start_ticks(me) - 1), set())
+    assert not ssh.lease_live(lease_for(me, clock.process_start_ticks(me) - 1), set())
 
 
 def test_a_dead_pid_is_not_live():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     start = clock.process_start_ticks(child.pid)
     child.wait()
-    assert not live.lease_live(lease_for(child.pid, start), set())
+    assert not ssh.lease_live(lease_for(child.pid, start), set())
 
 
 @pytest.fixture
@@ -48,8 +49,8 @@ def test_an_established_connection_keeps_a_lease_live_after_its_process_is_gone(
     (cip, cport), (sip, sport) = tcp_pair
     established = system.established_tuples(system.tcp_sockets())
     assert (cip, cport, sip, sport) in established
-    assert live.lease_live(lease_for(999999, 1, (cip, cport, sip, sport)), established)
-    assert not live.lease_live(lease_for(999999, 1, (cip, cport + 1, sip, sport)), established)
+    assert ssh.lease_live(lease_for(999999, 1, (cip, cport, sip, sport)), established)
+    assert not ssh.lease_live(lease_for(999999, 1, (cip, cport + 1, sip, sport)), established)
 
 
 def test_ipv6_connections_are_read_too():
@@ -70,7 +71,7 @@ def test_ipv6_connections_are_read_too():
 def test_ipv4_mapped_addresses_compare_as_ipv4():
     assert system.normalize_ip("::ffff:10.0.0.5") == "10.0.0.5"
     assert system.normalize_ip("fe80::1%eth0") == "fe80::1"
-    assert live.lease_tuple({"client": "::ffff:10.0.0.5", "client_port": 1, "server": "10.0.0.1",
+    assert ssh.lease_tuple({"client": "::ffff:10.0.0.5", "client_port": 1, "server": "10.0.0.1",
                              "server_port": 22}) == ("10.0.0.5", 1, "10.0.0.1", 22)  # fmt: skip
 
 
@@ -86,7 +87,7 @@ def established(inode, client_port=50000, local_port=22):
 
 
 def sessions(sockets, procs, held):
-    return live.ssh_sessions(sockets, procs, lambda pid: held.get(pid, set()), SSHD_UID)
+    return ssh.ssh_sessions(sockets, procs, lambda pid: held.get(pid, set()), SSHD_UID)
 
 
 def test_a_user_session_is_found_with_its_user_and_monitor():
@@ -106,11 +107,11 @@ def test_a_root_session_is_found_by_its_title_where_the_loginuid_tells_nothing()
     listener = LISTENER._replace(loginuid=0)  # started from a root shell: every child inherits loginuid 0
     root = Process(30, 10, 0, 300, "/usr/sbin/sshd", loginuid=0)
     titles = {30: "sshd: root@notty"}
-    (s,) = live.ssh_sessions([LISTEN, established(6)], [listener, root], {10: {1}, 30: {6}}.get, SSHD_UID,
+    (s,) = ssh.ssh_sessions([LISTEN, established(6)], [listener, root], {10: {1}, 30: {6}}.get, SSHD_UID,
                              titles.get)  # fmt: skip
     assert (s.uid, s.pid) == (0, 30)
     titles[30] = "sshd: root [priv]"
-    assert live.ssh_sessions([LISTEN, established(6)], [listener, root], {10: {1}, 30: {6}}.get, SSHD_UID,
+    assert ssh.ssh_sessions([LISTEN, established(6)], [listener, root], {10: {1}, 30: {6}}.get, SSHD_UID,
                              titles.get) == []  # fmt: skip
 
 
@@ -118,7 +119,7 @@ def test_a_root_session_is_found_by_its_title_where_the_loginuid_tells_nothing()
 def test_a_connection_that_never_logged_in_is_not_a_session(title):
     # At the banner, in key exchange, or after a failed login: a root monitor alone, no loginuid of its own.
     monitor = Process(20, 10, 0, 200, "/usr/sbin/sshd")
-    found = live.ssh_sessions([LISTEN, established(5)], [LISTENER, monitor], {10: {1}, 20: {5}}.get, SSHD_UID,
+    found = ssh.ssh_sessions([LISTEN, established(5)], [LISTENER, monitor], {10: {1}, 20: {5}}.get, SSHD_UID,
                               lambda pid: title)  # fmt: skip
     assert found == []
 
@@ -176,7 +177,7 @@ def test_sshd_is_found_by_executable_not_title(tmp_path):
 
 
 def test_a_running_pid_without_a_recorded_start_time_is_live():
-    assert live.lease_live(lease_for(os.getpid(), None), set())
+    assert ssh.lease_live(lease_for(os.getpid(), None), set())
 
 
 def fake_proc(tmp_path, sockets):
@@ -199,7 +200,7 @@ def test_the_process_scan_is_skipped_when_every_connection_is_a_leases_own(tmp_p
         raise AssertionError("scanned")
 
     monkeypatch.setattr(system, "sshd_processes", scan)
-    evidence = live.gather([lease], proc)
+    evidence = ssh.gather([lease], proc)
     assert evidence.checked and evidence.live == [True] and evidence.sessions == []
 
 
@@ -208,16 +209,16 @@ def test_the_process_scan_runs_when_a_connection_is_no_leases(tmp_path, monkeypa
     lease = lease_for(999999, 1, ("127.0.0.1", 50000, "127.0.0.1", 22))
     scanned = []
     monkeypatch.setattr(system, "sshd_processes", lambda proc: scanned.append(proc) or [])
-    evidence = live.gather([lease], proc)
+    evidence = ssh.gather([lease], proc)
     assert scanned == [proc] and evidence.checked
 
 
 def test_the_lease_index_finds_a_session_by_connection_or_by_process():
     lease = lease_for(300, 77, ("::ffff:192.0.2.9", 50000, "127.0.0.1", 22))
-    index = live.LeaseIndex([lease])
-    by_conn = live.LiveSession("192.0.2.9", 50000, "127.0.0.1", 22, 1000, "bob", 1, 1)
-    by_proc = live.LiveSession("192.0.2.9", 1, "127.0.0.1", 22, 1000, "bob", 300, 77)
-    other = live.LiveSession("192.0.2.9", 1, "127.0.0.1", 22, 1000, "bob", 300, 78)
+    index = ssh.LeaseIndex([lease])
+    by_conn = ssh.LiveSession("192.0.2.9", 50000, "127.0.0.1", 22, 1000, "bob", 1, 1)
+    by_proc = ssh.LiveSession("192.0.2.9", 1, "127.0.0.1", 22, 1000, "bob", 300, 77)
+    other = ssh.LiveSession("192.0.2.9", 1, "127.0.0.1", 22, 1000, "bob", 300, 78)
     assert index.explaining(by_conn) is lease and index.explaining(by_proc) is lease
     assert index.explaining(other) is None
 

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from reaper import statejson
+from reaper.state import statejson
 
 SAMPLES = [
     {},
@@ -40,7 +40,7 @@ def test_bad_json_raises_decode_error(text):
 def test_importing_it_does_not_import_re_or_json():
     repo = str(pathlib.Path(__file__).parents[2])
     code = (
-        f"import sys; sys.path.insert(0, {repo!r}); import reaper.statejson; "
+        f"import sys; sys.path.insert(0, {repo!r}); import reaper.state.statejson; "
         "print('re' in sys.modules, 'json' in sys.modules)"
     )
     out = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True, text=True, check=True).stdout
@@ -52,7 +52,7 @@ def test_bad_json_raises_decode_error_even_with_json_never_imported():
     repo = str(pathlib.Path(__file__).parents[2])
     texts = ["{corrupt", '{"a": x}', "[1,", "x", ""]
     code = (
-        f"import sys; sys.path.insert(0, {repo!r}); from reaper import statejson\n"
+        f"import sys; sys.path.insert(0, {repo!r}); from reaper.state import statejson\n"
         f"for text in {texts!r}:\n"
         "    try:\n        statejson.loads(text)\n    except statejson.DecodeError:\n        print('ok')\n"
         "print('json' in sys.modules)"

@@ -9,7 +9,8 @@ import ipaddress
 import os
 from typing import NamedTuple
 
-from reaper import defaults, monitor
+from reaper import defaults
+from reaper.evidence import monitor
 
 SSHD_NAMES = monitor.SSHD_NAMES
 TCP_ESTABLISHED = monitor.TCP_ESTABLISHED

@@ -12,7 +12,8 @@ The reaper refuses to act while such a session is not explained by a lease.
 import pwd
 from typing import NamedTuple
 
-from reaper import clock, defaults, system
+from reaper import clock, defaults
+from reaper.evidence import system
 
 
 class LiveSession(NamedTuple):

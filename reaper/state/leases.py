@@ -23,7 +23,8 @@ import fcntl
 import os
 import stat  # already loaded by os
 
-from reaper import defaults, statejson
+from reaper import defaults
+from reaper.state import statejson
 
 FORMAT = 1
 # A client can put anything into PAM_RHOST, PAM_USER or SSH_CONNECTION; nothing longer than this is stored.

@@ -11,8 +11,8 @@ import re
 
 import yaml
 
-from reaper import durations
-from reaper.config import ALLOWED, IGNORE_KEYS, POWEROFF, TOP_KEYS, Config
+from reaper.config import durations
+from reaper.config.schema import ALLOWED, IGNORE_KEYS, POWEROFF, TOP_KEYS, Config
 from reaper.errors import ConfigError
 
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")

@@ -4,14 +4,18 @@ It only reads (the state file is world-readable), so it works for any user. The 
 `inactivity_duration`, `idle_seconds`, `seconds_until_action` and `sessions` are a stable interface.
 """
 
+import json
 import math
+import sys
 import time
 from datetime import UTC, datetime
 
-from reaper import __version__, clock, decision, leases
-from reaper.durations import format_seconds
+from reaper import __version__, clock, config, decision
+from reaper.config.durations import format_seconds
+from reaper.errors import EXIT_OK
 from reaper.escape import escape
-from reaper.tick import observe
+from reaper.observe import observe
+from reaper.state import leases
 
 
 def _wall(boottime, now_boot, now_wall):
@@ -166,3 +170,15 @@ def render(status):
         )
     lines.append("Inhibitors: none")
     return "\n".join(lines)
+
+
+def handle(args, paths):
+    cfg = config.load(paths.config, cache_dir=paths.state_dir)
+    view = build(paths, cfg)
+    if args.json:
+        # Indented for a person at a terminal; compact for a program. json.dumps, not json.dump: only dumps
+        # without indent uses the C encoder (dump streams through the pure-Python one, 10x slower).
+        sys.stdout.write(json.dumps(view, indent=2 if sys.stdout.isatty() else None) + "\n")
+    else:
+        print(render(view))
+    return EXIT_OK

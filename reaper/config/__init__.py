@@ -1,7 +1,4 @@
-"""The configuration: /etc/idle-reaper/config.yaml, strictly checked, with errors that point at file and line.
-
-SCHEMA below is the single source for the checks, the defaults, the sample config the package ships and the
-reference in README.md and the man page (tests keep those in step with it). config_parse reads the YAML.
+"""Loading the configuration: /etc/idle-reaper/config.yaml, checked to be safe, parsed by config.parse.
 
 The reaper reads the config afresh on every tick, so an edit applies without a restart. Parsing it means
 importing yaml and humanfriendly, about 25 ms, most of a quiet tick; so a tick keeps what it parsed in the
@@ -12,75 +9,13 @@ the next tick uses that while the file is unchanged.
 import ipaddress
 import os
 import stat
-from typing import NamedTuple
 
-from reaper import __version__, durations, leases
+from reaper import __version__
+from reaper.config.schema import Config
 from reaper.errors import ConfigError
+from reaper.state import leases
 
 MAX_CONFIG_BYTES = 64 * 1024
-POWEROFF = ("systemctl", "poweroff")
-
-
-class Config(NamedTuple):  # NamedTuples here and elsewhere: `dataclasses` imports `inspect`, 7 ms a tick
-    path: str
-    inactivity_duration: int | None  # seconds, None when off
-    min_session: int = 10
-    services: tuple = ("sshd",)
-    ignore_users: frozenset = frozenset()
-    ignore_networks: tuple = ()
-    ignore_keys: frozenset = frozenset()
-    action: tuple = POWEROFF
-    dstack: bool = False  # read from a dstack dev-environment file
-
-    @property
-    def action_name(self):
-        return "poweroff" if self.action == POWEROFF else None
-
-
-class Option(NamedTuple):
-    key: str  # dotted path, e.g. ignore.users
-    sample: str  # YAML for the sample config
-    help: str
-    allowed: str
-
-
-SCHEMA = (
-    Option(
-        "inactivity_duration",
-        "off",
-        "Power off once no counted SSH session has been open for this long. Required.",
-        durations.ALLOWED,
-    ),
-    Option(
-        "min_session",
-        "10s",
-        "Sessions shorter than this are not activity (the control plane's quick probes, say).",
-        "off (every session counts) or a duration as for inactivity_duration",
-    ),
-    Option("services", "[sshd]", "PAM services whose sessions count.", "a non-empty list of PAM service names"),
-    Option("ignore.users", "[]", "Accounts whose sessions never count.", "a list of user names"),
-    Option(
-        "ignore.networks",
-        "[]",
-        "Client networks whose sessions never count.",
-        "a list of IPv4 or IPv6 networks in CIDR form, e.g. 10.0.0.5/32 or fd00::/8",
-    ),
-    Option(
-        "ignore.keys",
-        "[]",
-        "SSH public keys whose sessions never count (sshd tells the hook the key; ExposeAuthInfo is not needed).",
-        "a list of key fingerprints as ssh-keygen -lf prints them: SHA256:<43 characters>",
-    ),
-    Option(
-        "action",
-        "poweroff",
-        "What to run when the machine has been idle for inactivity_duration.",
-        'poweroff, or a command as a list run without a shell, e.g. ["/usr/local/bin/stop-me", "--now"]',
-    ),
-)
-ALLOWED = {o.key: o.allowed for o in SCHEMA}
-TOP_KEYS = ("inactivity_duration", "min_session", "services", "ignore", "action")
-IGNORE_KEYS = ("users", "networks", "keys")
 
 
 def default_path(cli_value, environ):
@@ -107,9 +42,9 @@ def load(path, cache_dir=None, keep=False, check_owner=True):
         text = _read(path, fd)
     finally:
         os.close(fd)
-    from reaper import config_parse
+    from reaper.config import parse
 
-    config = config_parse.parse(path, text)
+    config = parse.parse(path, text)
     if cache_dir and keep and os.geteuid() == 0:
         _keep(cache_dir, key, config)
     return config
@@ -230,12 +165,3 @@ def _check_safe(path, st):
         if parent == directory:
             return
         directory = parent
-
-
-def reference_markdown():
-    """Return the config reference as a Markdown table, for README.md (a test keeps the two in step)."""
-    rows = ["| key | default | meaning | allowed |", "|---|---|---|---|"]
-    for o in SCHEMA:
-        default = "(required)" if o.key == "inactivity_duration" else f"`{o.sample}`"
-        rows.append(f"| `{o.key}` | {default} | {o.help} | {o.allowed} |")
-    return "\n".join(rows)

@@ -11,12 +11,13 @@ the wait counts afresh from there.
 
 import os
 import time
-from typing import NamedTuple
 
-from reaper import clock, config, decision, defaults, leases, live, policy
-from reaper.durations import format_seconds
+from reaper import clock, config, decision, defaults, observe, policy
+from reaper.config.durations import format_seconds
 from reaper.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, ReaperError
+from reaper.evidence import ssh
 from reaper.log import logger
+from reaper.state import leases
 
 # After the deadline, sleep this much longer so a check right at the boundary doesn't see 0.0001 s left.
 WAKE_SLACK = 0.05
@@ -24,12 +25,6 @@ WAKE_SLACK = 0.05
 WATCH_INTERVAL = 0.5
 # Evidence unclear for this long deserves a warning in the journal (shorter spells are normal).
 UNCLEAR_WARN_AFTER = 600
-
-
-class Paths(NamedTuple):
-    config: str
-    state_dir: str
-    proc: str = defaults.PROC
 
 
 def _lock_holder(lock_file, proc):
@@ -79,7 +74,7 @@ def _adopt(state, evidence, boot):
     """Record live SSH sessions the state doesn't explain, so their end is noticed. Return True if any."""
     added = False
     # gather()'s index: the leases ended since (stale) can't explain a live session, so it still serves.
-    index = evidence.index or live.LeaseIndex(state["leases"])
+    index = evidence.index or ssh.LeaseIndex(state["leases"])
     for session in evidence.sessions:
         if index.explaining(session) is None:
             state["leases"].append(
@@ -95,36 +90,12 @@ def _adopt(state, evidence, boot):
     return added
 
 
-class Observation(NamedTuple):
-    decision: object
-    state: dict | None  # this boot's state, None if unusable
-    problem: str | None  # why the state is unusable
-    evidence: object
-    file_missing: bool
-
-
-def observe(paths, cfg):
-    """Read the state without locking, look at the live system, and decide. Changes nothing."""
-    now = clock.now()
-    boot = clock.boot_key(paths.proc)
-    try:
-        raw, problem = leases.read_state(paths.state_dir), None
-        state = leases.current(raw, boot)
-        state["merged"] = leases.merge_pending(paths.state_dir, state)
-    except leases.StateError as e:
-        raw, state, problem = None, None, f"state file unusable: {e}"
-    evidence = live.gather(state["leases"] if state else [], paths.proc)
-    result = decision.decide(cfg, now, clock.boot_started(paths.proc), state, evidence, problem)
-    return Observation(result, state, problem, evidence, raw is None and problem is None)
-
-
 def evaluate(paths, cfg):
     """Hold the lock, read the state and the live system, decide, and write back what the tick learned:
     stale leases ended, missed sessions recorded, a change of decision logged. Return the Decision.
     """
     now = clock.now()
     boot = clock.boot_key(paths.proc)
-    started = clock.boot_started(paths.proc)
     if os.geteuid() != 0:
         raise ReaperError("reap needs root: it writes the state and may power the machine off (try --dry-run)")
     try:
@@ -148,8 +119,7 @@ def evaluate(paths, cfg):
             state["lost"] = now
         state["merged"] = leases.merge_pending(paths.state_dir, state)
         leases.remove_stale_temps(paths.state_dir, time.time())
-        evidence = live.gather(state["leases"], paths.proc)
-        result = decision.decide(cfg, now, started, state, evidence, problem, views=False)
+        evidence, result = observe.look(paths, cfg, state, problem, now, views=False)
         changed = leases.end_leases(state, evidence.live, now) > 0  # first seen dead: now
         changed |= leases.cap_closed(state, lambda record: policy.counts_closed(cfg, record)) > 0
         changed |= _adopt(state, evidence, boot)
@@ -224,7 +194,7 @@ def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):
     give_up = time.monotonic() + max(0.0, wait)
     while True:
         cfg = config.load(paths.config, cache_dir=paths.state_dir, keep=not dry_run)
-        result = observe(paths, cfg).decision if dry_run else evaluate(paths, cfg)
+        result = observe.observe(paths, cfg).decision if dry_run else evaluate(paths, cfg)
         if result.act:
             if dry_run:
                 logger.info(f"dry run: would run {list(cfg.action)} now ({decision.summary(result)})")
@@ -248,3 +218,7 @@ def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):
             return EXIT_OK
         if _sleep_watching(paths.state_dir, result.next_check + WAKE_SLACK, sleep):
             give_up = max(give_up, time.monotonic() + wait)
+
+
+def handle(args, paths):
+    return reap(paths, dry_run=args.dry_run, wait=args.wait)

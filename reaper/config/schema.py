@@ -1,0 +1,79 @@
+"""The config's keys: SCHEMA is the single source for the checks, the defaults, the sample config the package
+ships and the reference in README.md and the man page (tests keep those in step with it)."""
+
+from typing import NamedTuple
+
+from reaper.config import durations
+
+POWEROFF = ("systemctl", "poweroff")
+
+
+class Config(NamedTuple):  # NamedTuples here and elsewhere: `dataclasses` imports `inspect`, 7 ms a tick
+    path: str
+    inactivity_duration: int | None  # seconds, None when off
+    min_session: int = 10
+    services: tuple = ("sshd",)
+    ignore_users: frozenset = frozenset()
+    ignore_networks: tuple = ()
+    ignore_keys: frozenset = frozenset()
+    action: tuple = POWEROFF
+    dstack: bool = False  # read from a dstack dev-environment file
+
+    @property
+    def action_name(self):
+        return "poweroff" if self.action == POWEROFF else None
+
+
+class Option(NamedTuple):
+    key: str  # dotted path, e.g. ignore.users
+    sample: str  # YAML for the sample config
+    help: str
+    allowed: str
+
+
+SCHEMA = (
+    Option(
+        "inactivity_duration",
+        "off",
+        "Power off once no counted SSH session has been open for this long. Required.",
+        durations.ALLOWED,
+    ),
+    Option(
+        "min_session",
+        "10s",
+        "Sessions shorter than this are not activity (the control plane's quick probes, say).",
+        "off (every session counts) or a duration as for inactivity_duration",
+    ),
+    Option("services", "[sshd]", "PAM services whose sessions count.", "a non-empty list of PAM service names"),
+    Option("ignore.users", "[]", "Accounts whose sessions never count.", "a list of user names"),
+    Option(
+        "ignore.networks",
+        "[]",
+        "Client networks whose sessions never count.",
+        "a list of IPv4 or IPv6 networks in CIDR form, e.g. 10.0.0.5/32 or fd00::/8",
+    ),
+    Option(
+        "ignore.keys",
+        "[]",
+        "SSH public keys whose sessions never count (sshd tells the hook the key; ExposeAuthInfo is not needed).",
+        "a list of key fingerprints as ssh-keygen -lf prints them: SHA256:<43 characters>",
+    ),
+    Option(
+        "action",
+        "poweroff",
+        "What to run when the machine has been idle for inactivity_duration.",
+        'poweroff, or a command as a list run without a shell, e.g. ["/usr/local/bin/stop-me", "--now"]',
+    ),
+)
+ALLOWED = {o.key: o.allowed for o in SCHEMA}
+TOP_KEYS = ("inactivity_duration", "min_session", "services", "ignore", "action")
+IGNORE_KEYS = ("users", "networks", "keys")
+
+
+def reference_markdown():
+    """Return the config reference as a Markdown table, for README.md (a test keeps the two in step)."""
+    rows = ["| key | default | meaning | allowed |", "|---|---|---|---|"]
+    for o in SCHEMA:
+        default = "(required)" if o.key == "inactivity_duration" else f"`{o.sample}`"
+        rows.append(f"| `{o.key}` | {default} | {o.help} | {o.allowed} |")
+    return "\n".join(rows)
