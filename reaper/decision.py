@@ -9,6 +9,7 @@ from typing import NamedTuple
 from reaper import policy
 from reaper.config.durations import format_seconds
 from reaper.escape import escape
+from reaper.evidence import activity as kinds
 from reaper.evidence import ssh
 
 # A reason names at most this many sessions; `status` lists them all.
@@ -18,6 +19,7 @@ ACTIVE = "active"
 IDLE = "idle"
 DISABLED = "disabled"
 UNKNOWN = "unknown"
+INHIBITED = "inhibited"
 
 
 class SessionView(NamedTuple):
@@ -52,6 +54,7 @@ class Decision(NamedTuple):
     next_check: float | None = None  # seconds until the decision may change by itself
     new_sessions: int = 0  # live sessions that count once open for min_session
     provisional: bool = False  # a session's end is taken as now, but only the next tick records it
+    activities: tuple = ()  # the other evidence (evidence.activity.Activity) the decision weighed
 
 
 def _view(now, record, counted, reason, recorded=True, pending=False, container=False):
@@ -104,11 +107,30 @@ def _named(records):
     return who + (f" and {len(records) - NAMED} more" if len(records) > NAMED else "")
 
 
-def decide(config, now, boot_started, state, evidence, state_problem=None, views=True):
+def _named_activities(items):
+    who = ", ".join(f"{escape(a.describe())}" + (f" ({escape(a.why, 80)})" if a.why else "") for a in items[:NAMED])
+    return who + (f" and {len(items) - NAMED} more" if len(items) > NAMED else "")
+
+
+def last_end(activities, now, remembered=None):
+    """Return (when, what) of the latest end among activities that ended and the remembered one, or None."""
+    best = None
+    if remembered:
+        best = (remembered["at"], remembered["what"])
+    for a in activities:
+        end = a.end(now)
+        if end is not None and (best is None or end > best[0]):
+            best = (end, f"{escape(a.describe())} ended")
+    return best
+
+
+def decide(config, now, boot_started, state, evidence, state_problem=None, views=True, activities=()):
     """Given config, clock, this boot's state (or None if unusable) and live evidence, return the Decision.
 
-    `state_problem` says why the state is unusable; then the decision is unknown and nothing runs. With
-    `views=False` (the reaper's tick) the decision holds no view of each session, which only `status` shows.
+    `activities` are the other kinds of evidence (inhibitors, mosh, ...): one that lasts keeps the machine
+    active or inhibited, and one's end counts as activity, as a session's close does. `state_problem` says
+    why the state is unusable; then the decision is unknown and nothing runs. With `views=False` (the
+    reaper's tick) the decision holds no view of each session, which only `status` shows.
     """
     leases = state["leases"] if state else []
     ignore_reason = _memoized_ignore_reason(config)
@@ -162,6 +184,12 @@ def decide(config, now, boot_started, state, evidence, state_problem=None, views
             last_activity = f"session of {escape(record.get('user'))} from {where} ended"
     if state and state.get("lost") is not None and state["lost"] > idle_since:
         idle_since, last_activity = state["lost"], "state was lost and rebuilt"
+    ended = last_end(activities, now, (state or {}).get("reaper", {}).get("activity_end"))
+    if ended and ended[0] > idle_since:
+        idle_since, last_activity = ended
+    lasting = [a for a in activities if a.end(now) is None]
+    active_holds = [a for a in lasting if a.holds == kinds.ACTIVE]
+    inhibits = [a for a in lasting if a.holds == kinds.INHIBIT]
 
     common = {
         "sessions": tuple(_view(now, *entry) for entry in shown) if views else (),
@@ -169,6 +197,7 @@ def decide(config, now, boot_started, state, evidence, state_problem=None, views
         "last_activity": last_activity,
         "new_sessions": len(pending),
         "provisional": provisional,
+        "activities": tuple(activities),
     }
     if config.inactivity_duration is None:
         return Decision(DISABLED, "inactivity_duration is off", 0.0, None, False, **common)
@@ -190,9 +219,14 @@ def decide(config, now, boot_started, state, evidence, state_problem=None, views
             False,
             **common,
         )
-    if counted_live:
-        return Decision(ACTIVE, f"{len(counted_live)} counted session(s): {_named(counted_live)}", 0.0, None, False,
-                        **common)  # fmt: skip
+    if counted_live or active_holds:
+        parts = [f"{len(counted_live)} counted session(s): {_named(counted_live)}"] if counted_live else []
+        parts += [f"{len(active_holds)} other: {_named_activities(active_holds)}"] if active_holds else []
+        return Decision(ACTIVE, "; ".join(parts), 0.0, None, False, **common)
+    if inhibits:
+        ends = [a.until - now for a in inhibits if a.until is not None]
+        reason = f"held by {len(inhibits)} inhibitor(s): {_named_activities(inhibits)}"
+        return Decision(INHIBITED, reason, 0.0, None, False, next_check=min(ends) if ends else None, **common)
 
     idle = max(0.0, now - idle_since)
     until = max(0.0, config.inactivity_duration - idle)

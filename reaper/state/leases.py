@@ -416,6 +416,16 @@ def same_session(a, b):
 
 
 def add_lease(state, lease):
+    """Add an open session. A lease the reaper recorded from the live system for the same process gives way:
+    a tick that ran between pam_loginuid and this hook saw the session logged in but not yet recorded, and
+    the hook's record (service, key, open time) is the one the policy must judge."""
+    pid, start = lease.get("pid"), lease.get("pid_start")
+    if pid is not None:
+        state["leases"] = [
+            r
+            for r in state["leases"]
+            if not (r.get("source") == "live" and (r.get("pid"), r.get("pid_start")) == (pid, start))
+        ]
     state["leases"].append(lease)
 
 

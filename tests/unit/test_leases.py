@@ -411,3 +411,13 @@ def test_in_a_container_the_boot_is_named_by_pid_1s_namespace_not_the_boot_id(tm
     start = clock.process_start_ticks(1)
     assert metal == f"{clock.boot_id()}/{start}"
     assert inside == f"pidns:{os.stat('/proc/self/ns/pid').st_ino}/{start}" and clock.boot_id() not in inside
+
+
+def test_the_hooks_open_replaces_a_lease_the_reaper_recorded_for_the_same_process():
+    st = leases.empty_state(BOOT)
+    adopted = dict(lease(pid=7, pid_start=70, service=None, key=None), source="live")
+    other = dict(lease(pid=8, pid_start=80), source="live")
+    st["leases"] = [adopted, other]
+    hooks = dict(lease(pid=7, pid_start=70, key="SHA256:x"), source="hook")
+    leases.add_lease(st, hooks)
+    assert st["leases"] == [other, hooks]
