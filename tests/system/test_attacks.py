@@ -116,8 +116,7 @@ def test_a_session_opened_just_before_the_deadline_keeps_it_up_while_connected(s
     assert session_of(r.status_young, "dev"), f"no session of dev after the deadline: {r.status_young}"
     assert r.status_young["state"] != "unknown", r.status_young
     assert r.status_counted["state"] == "active", f"{r.status_counted}\n{r.journal}"
-    (dev,) = session_of(r.status_counted, "dev")
-    assert dev["counted"], dev
+    assert any(s["counted"] for s in session_of(r.status_counted, "dev")), r.status_counted["sessions"]
     assert r.status_late["state"] == "active", f"{r.status_late}\n{r.journal}"
     assert r.up_before_close and r.up_after_close, f"it powered off under a connected user: {r.timing.describe()}"
 
