@@ -8,6 +8,9 @@
             session.close()
             end = m.session_end("dev")                # when the hook recorded the close (CLOCK_BOOTTIME)
             timing = m.wait_poweroff(end + 20)        # a Poweroff: deadline, action_at, exited_at, late
+        with image.machine(config, sshd_options="PasswordAuthentication yes\n") as m:
+            m.boot()
+            stranger = m.stranger("silent")           # a connection that never logs in, held (re-opened when dropped)
 
 Each machine is an overlayfs over the image, which is an overlayfs over the cached rootfs of tests/debroot.py, so
 a machine costs milliseconds and the package is installed once per run. The machine shares the host's network;
@@ -271,9 +274,12 @@ class Image:
             os.chown(path, uid, gid)
         return User(name, uid, gid, key, fingerprint)
 
-    def machine(self, config, name=None):
-        """Return a Machine (not yet booted) over this image, with `config` as /etc/idle-reaper/config.yaml."""
-        return Machine(self, config, name)
+    def machine(self, config, name=None, sshd_options=""):
+        """Return a Machine (not yet booted) over this image, with `config` as /etc/idle-reaper/config.yaml.
+
+        `sshd_options` are sshd_config lines for this machine's sshd; they win over the harness's own.
+        """
+        return Machine(self, config, name, sshd_options)
 
 
 class Machine:
@@ -282,13 +288,14 @@ class Machine:
     Use it as a context manager: leaving it stops the machine if it still runs and removes everything.
     """
 
-    def __init__(self, image, config, name=None):
+    def __init__(self, image, config, name=None, sshd_options=""):
         self.image = image
         self.name = name or f"irs-{uuid.uuid4().hex[:8]}"
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=image.workdir))
         self.root = self.dir / "root"
         self.port = free_port()
         self.config = config
+        self.sshd_options = sshd_options
         self.proc = None
         self.leader = None  # the machine's PID 1 (systemd), as a host pid
         self.booted = None  # CLOCK_BOOTTIME when the machine's PID 1 started: what the reaper calls boot
@@ -298,6 +305,7 @@ class Machine:
         self._exited = threading.Event()
         self._mounted = False
         self._sessions = []
+        self._strangers = []
         self.cgroups = []
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -319,9 +327,10 @@ class Machine:
         _run(["mount", "-t", "overlay", "overlay", "-o", options, str(self.root)], check=True)
         self._mounted = True
         (self.root / CONFIG_PATH.lstrip("/")).write_text(self.config)
+        # sshd takes the first value it reads for a keyword: the scenario's own options come first.
         (self.root / "etc/ssh/sshd_config.d/idle-reaper-test.conf").write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\nExposeAuthInfo yes\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nLogLevel VERBOSE\n"
+            f"{self.sshd_options}Port {self.port}\nListenAddress 127.0.0.1\nExposeAuthInfo yes\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nLogLevel VERBOSE\n"
         )
 
     def boot(self, timeout=BOOT_TIMEOUT):
@@ -416,6 +425,8 @@ class Machine:
 
     def close(self):
         """Stop the machine if it still runs, end our SSH clients, unmount and delete its files."""
+        for stranger in self._strangers:
+            stranger.stop()
         for session in self._sessions:
             session.kill()
         if self.proc is not None:
@@ -509,22 +520,38 @@ class Machine:
             lines.append(f"[{at:+7.2f}s] {e.get('SYSLOG_IDENTIFIER', '')}: {e.get('MESSAGE')}")
         return "\n".join(lines)
 
-    def action_time(self):
-        """Return when the reaper logged that it runs the action (CLOCK_BOOTTIME), from the journal, or None.
+    def journal_lines(self, unit=None):
+        """Return the journal() entries as (CLOCK_BOOTTIME, SYSLOG_IDENTIFIER, MESSAGE) tuples.
 
         journald stamps entries with CLOCK_MONOTONIC; the host converts with its own boottime-monotonic offset.
         """
         offset = now() - time.clock_gettime(time.CLOCK_MONOTONIC)
-        for entry in self.journal():
-            if ACTION_LOG in str(entry.get("MESSAGE")):
-                return int(entry["__MONOTONIC_TIMESTAMP"]) / 1e6 + offset
-        return None
+        return [
+            (int(e["__MONOTONIC_TIMESTAMP"]) / 1e6 + offset, e.get("SYSLOG_IDENTIFIER", ""), str(e.get("MESSAGE")))
+            for e in self.journal(unit)
+        ]
+
+    def action_time(self):
+        """Return when the reaper logged that it runs the action (CLOCK_BOOTTIME), from the journal, or None."""
+        return next((at for at, _, message in self.journal_lines() if ACTION_LOG in message), None)
 
     # --- SSH from the host ---------------------------------------------------------------------------------
 
     def ssh_argv(self, user, *options):
         u = self.image.users[user]
         return ["ssh", *CLIENT_OPTS, "-i", str(u.key), "-p", str(self.port), *options, f"{u.name}@127.0.0.1"]
+
+    def ssh_start(self, user, command):
+        """Start `ssh user@machine command` in the background and return the Session at once, logged in or not."""
+        session = Session(self, [*self.ssh_argv(user), command], interactive=False)
+        self._sessions.append(session)
+        return session
+
+    def stranger(self, kind):
+        """Start a Stranger of this kind against the machine's sshd and return it (see Stranger)."""
+        stranger = Stranger(self, kind)
+        self._strangers.append(stranger)
+        return stranger
 
     def ssh_run(self, user, command, timeout=30):
         """Run one command over a fresh SSH connection; return the CompletedProcess."""
@@ -656,3 +683,154 @@ class Session:
             self.proc.kill()
             self.proc.wait()
         self.stderr.close()
+
+
+# A stranger's password prompt: the first answer is a wrong password; later prompts are never answered, until
+# the ssh client that asked is gone. IRS_ASKED is a directory made at the first prompt, "again" in it at the next.
+ASKPASS = """#!/bin/sh
+if mkdir "$IRS_ASKED" 2>/dev/null; then echo not-the-password; exit 0; fi
+: > "$IRS_ASKED/again"
+while kill -0 "$PPID" 2>/dev/null; do sleep 0.2; done
+exit 1
+"""
+
+
+TCP_ESTABLISHED = 1  # the st field of /proc/net/tcp
+
+
+def _tcp_state(pid):
+    """Return the state of process pid's TCP socket (as /proc/net/tcp numbers it), or None if it has none."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[len("socket:[") : -1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    return int(fields[3], 16)
+    return None
+
+
+class Stranger:
+    """A client of the machine's sshd that never logs in, held open, and re-opened whenever sshd drops it.
+
+    It stands for the attack `while :; do (exec 3<>/dev/tcp/VM/22; sleep 125); done`, which keeps a pre-auth
+    connection open at all times although sshd drops each one after LoginGraceTime. The kinds:
+      - "silent": connects, reads sshd's identification and never sends one of its own;
+      - "banner": sends `SSH-2.0-irt` and stops there, in the middle of the key exchange;
+      - "failed-auth": a real ssh client as "dev" whose key is refused and whose first password is wrong, then
+        waits at the next password prompt; the machine's sshd needs `PasswordAuthentication yes`.
+
+    `connections` holds [opened, ended] (CLOCK_BOOTTIME; ended None while held) for each connection that got as far
+    as its kind goes: past sshd's identification, into the key exchange, or refused once and waiting.
+    """
+
+    KINDS = ("silent", "banner", "failed-auth")
+    POLL = 0.1
+
+    def __init__(self, machine, kind):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown stranger {kind!r}: one of {self.KINDS}")
+        self.machine = machine
+        self.kind = kind
+        self.connections = []
+        self.refused = 0  # failed-auth: connections in which sshd refused the wrong password
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"stranger-{kind}-{machine.name}", daemon=True)
+        self._thread.start()
+
+    def current(self):
+        """Return the index of the connection held now, or None between connections."""
+        with self._lock:
+            if self.connections and self.connections[-1][1] is None:
+                return len(self.connections) - 1
+            return None
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(10)
+
+    def _opened(self):
+        with self._lock:
+            self.connections.append([now(), None])
+
+    def _ended(self):
+        with self._lock:
+            if self.connections and self.connections[-1][1] is None:
+                self.connections[-1][1] = now()
+
+    def _loop(self):
+        while not self._stop.is_set() and self.machine.running:
+            try:
+                if self.kind == "failed-auth":
+                    self._hold_ssh(len(self.connections))
+                else:
+                    self._hold_socket()
+            except OSError:
+                pass  # refused or reset: sshd is not up (yet, or any more); try again while the machine runs
+            finally:
+                self._ended()
+            self._stop.wait(self.POLL)
+
+    def _hold_socket(self):
+        with socket.create_connection(("127.0.0.1", self.machine.port), timeout=10) as sock:
+            seen = b""
+            while b"\n" not in seen:  # sshd's identification: it has accepted the connection
+                chunk = sock.recv(256)
+                if not chunk:
+                    return
+                seen += chunk
+            if self.kind == "banner":
+                sock.sendall(b"SSH-2.0-irt\r\n")
+                if not sock.recv(4096):  # sshd's KEXINIT: the key exchange has begun, and goes no further
+                    return
+            self._opened()
+            sock.settimeout(self.POLL)
+            while not self._stop.is_set():
+                try:
+                    if not sock.recv(4096):
+                        return  # sshd dropped it (LoginGraceTime, or the machine going down)
+                except TimeoutError:
+                    continue
+
+    def _hold_ssh(self, attempt):
+        askpass = self.machine.dir / "stranger-askpass"
+        key = self.machine.dir / "key-stranger"
+        if not askpass.exists():
+            askpass.write_text(ASKPASS)
+            askpass.chmod(0o755)
+            keygen(key)  # authorized nowhere
+        asked = self.machine.dir / f"stranger-asked-{attempt}"
+        pairs = zip(CLIENT_OPTS[::2], CLIENT_OPTS[1::2], strict=True)
+        opts = [word for pair in pairs if pair[1] != "BatchMode=yes" for word in pair]  # it has to ask
+        argv = [
+            "ssh", *opts, "-o", "BatchMode=no", "-o", "PreferredAuthentications=publickey,password",
+            "-o", "NumberOfPasswordPrompts=3", "-i", str(key), "-p", str(self.machine.port), "dev@127.0.0.1", "true",
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+        env.update(SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", IRS_ASKED=str(asked))
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            opened = refused = False
+            while proc.poll() is None and not self._stop.is_set():
+                if not opened and asked.exists():  # the key was refused: it is in password authentication
+                    self._opened()
+                    opened = True
+                if not refused and (asked / "again").exists():
+                    self.refused += 1
+                    refused = True
+                # Waiting for its askpass, ssh doesn't notice that sshd dropped the connection: its socket does.
+                if opened and _tcp_state(proc.pid) != TCP_ESTABLISHED:
+                    return
+                time.sleep(self.POLL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()

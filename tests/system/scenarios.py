@@ -9,10 +9,11 @@ The timer's first tick comes 15 s after boot (OnActiveSec=15s). With DURATION 20
 judged by that tick, which sleeps until the deadline.
 """
 
+import subprocess
 import time
 from types import SimpleNamespace
 
-from tests.system.harness import ACTION_LOG, now
+from tests.system.harness import ACTION_LOG, Stranger, now
 
 DURATION = 20  # inactivity_duration, seconds
 MIN_SESSION = 5  # min_session, seconds
@@ -214,6 +215,119 @@ def status_as_user(image):
     return r
 
 
+# --- issue 9: connections that are not sessions, and how long young sessions may hold the action back ---------
+
+# The strangers' machine: password authentication, so a client can fail it and stay connected; and a LoginGraceTime
+# short enough that sshd drops the strangers before the deadline, so the ones held across it are fresh, re-opened
+# connections (younger than min_session), as the attack's loop keeps them.
+STRANGER_SSHD = "PasswordAuthentication yes\nLoginGraceTime 15s\n"
+STATUS_EVERY = 1.0  # seconds between status reads while the strangers are held
+WAIT_LATE = 40  # how long past its deadline a scenario of this part waits for a poweroff that doesn't come
+PROBE_EVERY = 2  # a probe logs in this often ...
+PROBE_STAYS = 3  # ... and stays this long, shorter than MIN_SESSION: each overlaps the next
+PROBES_FROM = 3  # the first probe starts this long before the deadline
+PROBES_PAST = MIN_SESSION + 12  # and they go on until this long after it, well past the bound of the hold
+LOGIN_BEFORE = 3  # the user of session_just_before_deadline logs in this long before the deadline ...
+STAYS = 30  # ... and stays this long, well past deadline + MIN_SESSION
+
+
+def _status_or_gone(m):
+    """Return m.status(), or None if the machine went down meanwhile (the poweroff came while reading)."""
+    try:
+        return m.status()
+    except (AssertionError, ValueError, subprocess.TimeoutExpired):
+        if m.wait_exit(5):
+            return None
+        raise
+
+
+@scenario
+def strangers_held(image):
+    """Three connections that never log in are held across the deadline: it powers off DURATION after boot anyway.
+
+    A silent one (no banner), one stopped in the key exchange, and one whose authentication failed, each re-opened
+    whenever sshd drops it. Status is read every STATUS_EVERY seconds while all three are held.
+    """
+    r = SimpleNamespace(reads=[])
+    with image.machine(config(), sshd_options=STRANGER_SSHD) as m:
+        m.boot()
+        r.booted = m.booted
+        r.deadline = m.booted + DURATION
+        strangers = [m.stranger(kind) for kind in Stranger.KINDS]
+        while m.running and now() < r.deadline + WAIT_LATE:
+            held_before = [s.current() for s in strangers]
+            at = now()
+            status = _status_or_gone(m)
+            if status is None:
+                break
+            held = None not in held_before and [s.current() for s in strangers] == held_before
+            r.reads.append(SimpleNamespace(at=at, held=held, status=status))
+            m.wait_exit(at + STATUS_EVERY - now())
+        r.timing = m.wait_poweroff(r.deadline, late_limit=WAIT_LATE)
+        for s in strangers:
+            s.stop()
+        r.connections = {s.kind: [tuple(c) for c in s.connections] for s in strangers}
+        r.refused = {s.kind: s.refused for s in strangers}
+        r.sshd_journal = "\n".join(message for _, _, message in m.journal_lines(unit="ssh.service"))
+        r.journal = m.journal_text()
+    return r
+
+
+@scenario
+def probes_overlapping(image):
+    """Nobody connects, but from just before the deadline a probe logs in every PROBE_EVERY s for PROBE_STAYS s.
+
+    Each probe is shorter than min_session and overlaps the next, so there is always a young session; the action
+    may wait for them, but at most MIN_SESSION past the deadline.
+    """
+    r = SimpleNamespace(probes_started=[])
+    with image.machine(config()) as m:
+        m.boot()
+        r.booted = m.booted
+        r.deadline = m.booted + DURATION
+        next_at = r.deadline - PROBES_FROM
+        while next_at < r.deadline + PROBES_PAST and not m.wait_exit(next_at - now()):
+            m.ssh_start("probe", f"sleep {PROBE_STAYS}")
+            r.probes_started.append(now())
+            next_at += PROBE_EVERY
+        r.timing = m.wait_poweroff(r.deadline, late_limit=WAIT_LATE)
+        sshd = m.journal_lines(unit="ssh.service")
+        r.probe_logins = [at for at, _, message in sshd if "Accepted publickey for probe " in message]
+        # The tick's own lines (the hook's are the PAM stack's, not the unit's; systemd's are systemd's).
+        unit = m.journal_lines(unit="idle-reaper.service")
+        r.reaper_lines = [(at, message) for at, ident, message in unit if ident == "idle-reaper"]
+        r.journal = m.journal_text()
+    return r
+
+
+@scenario
+def session_just_before_deadline(image):
+    """A user logs in LOGIN_BEFORE s before the deadline and stays STAYS s: it stays up, then powers off after."""
+    r = SimpleNamespace()
+    with image.machine(config()) as m:
+        m.boot()
+        r.booted = m.booted
+        r.deadline = m.booted + DURATION
+        sleep_until(r.deadline - LOGIN_BEFORE - 0.3)  # a login takes a few tenths of a second
+        session = m.ssh("dev")
+        r.leases = [x for x in m.state_file()["leases"] if x["user"] == "dev"]
+        (lease,) = [x for x in r.leases if x["source"] == "hook"]
+        r.opened = lease["opened"]  # when the hook recorded the open (CLOCK_BOOTTIME)
+        sleep_until(r.deadline + 1)
+        r.status_young = m.status()
+        sleep_until(r.opened + MIN_SESSION + 1)
+        r.status_counted = m.status()
+        sleep_until(r.opened + STAYS)
+        r.status_late = m.status()
+        r.up_before_close = m.running
+        session.close()
+        r.up_after_close = m.running
+        r.session_end = m.session_end("dev")
+        r.timing = m.wait_poweroff(r.session_end + DURATION)
+        r.journal = m.journal_text()
+    return r
+
+
 # --- checks the tests share -----------------------------------------------------------------------------------
 
 LATE_OK = 3.0  # seconds from the deadline to the machine being gone: "not more than a few seconds late"
@@ -221,7 +335,7 @@ CLOCK_SLACK = 0.02  # journal timestamps converted from CLOCK_MONOTONIC to CLOCK
 MEASURED = []  # (test, Poweroff): printed at the end of the run (conftest.py)
 
 
-def assert_powered_off_on_time(name, r):
+def assert_powered_off_on_time(name, r, late_ok=LATE_OK):
     """The machine powered itself off at its deadline: the action not before it, the machine gone soon after."""
     MEASURED.append((name, r.timing))
     t = r.timing
@@ -230,4 +344,4 @@ def assert_powered_off_on_time(name, r):
     assert t.action_at is not None, f"no '{ACTION_LOG}' in the journal: {why}"
     assert t.action_late >= -CLOCK_SLACK, f"it acted early: {why}"
     assert t.late >= 0, f"it was gone early: {why}"
-    assert t.late <= LATE_OK, f"it powered off more than {LATE_OK}s late: {why}"
+    assert t.late <= late_ok, f"it powered off more than {late_ok}s late: {why}"
