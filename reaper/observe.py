@@ -7,7 +7,7 @@ calls `look` the same way, so both see the same evidence and decide alike.
 from typing import NamedTuple
 
 from reaper import clock, decision, defaults
-from reaper.evidence import ssh
+from reaper.evidence import activity, ssh
 from reaper.state import leases
 
 
@@ -18,10 +18,12 @@ class Paths(NamedTuple):
 
 
 def look(paths, cfg, state, problem, now, views=True):
-    """Given this boot's state (None if unusable, with `problem` saying why), gather the live evidence and
-    decide. Return (evidence, Decision)."""
+    """Given this boot's state (None if unusable, with `problem` saying why), gather the live evidence of
+    every kind and decide. Return (evidence, Decision); evidence.notes holds what the sources said."""
     evidence = ssh.gather(state["leases"] if state else [], paths.proc)
-    return evidence, decision.decide(cfg, now, clock.boot_started(paths.proc), state, evidence, problem, views)
+    activities, evidence.notes = activity.gather_all(paths, cfg, now)
+    result = decision.decide(cfg, now, clock.boot_started(paths.proc), state, evidence, problem, views, activities)
+    return evidence, result
 
 
 class Observation(NamedTuple):

@@ -15,7 +15,7 @@ import time
 from reaper import clock, config, decision, defaults, observe, policy
 from reaper.config.durations import format_seconds
 from reaper.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, ReaperError
-from reaper.evidence import ssh
+from reaper.evidence import activity, ssh
 from reaper.log import logger
 from reaper.state import leases
 
@@ -131,10 +131,22 @@ def evaluate(paths, cfg):
             memory["last"], memory["since"] = key, now
             changed = True
         changed |= _note_unclear(memory, result, now)
+        changed |= _remember_end(memory, result, now)
+        activity.tidy_all(paths, result.activities, now)
         memory["tick"] = now
         if changed or problem or raw is None or state["merged"]:
             leases.commit(paths.state_dir, state)
     return result
+
+
+def _remember_end(memory, result, now):
+    """Remember the latest end of any other kind of activity, which idleness is measured from, so its source
+    may forget it (an inhibitor released, a mosh client gone). Return True if the memory changed."""
+    latest = decision.last_end(result.activities, now, memory.get("activity_end"))
+    if latest is None or latest == tuple((memory.get("activity_end") or {}).values()):
+        return False
+    memory["activity_end"] = {"at": latest[0], "what": latest[1]}
+    return True
 
 
 def _note_unclear(memory, result, now):

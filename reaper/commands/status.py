@@ -14,6 +14,7 @@ from reaper import __version__, clock, config, decision
 from reaper.config.durations import format_seconds
 from reaper.errors import EXIT_OK
 from reaper.escape import escape
+from reaper.evidence import activity
 from reaper.observe import observe
 from reaper.state import leases
 
@@ -29,8 +30,32 @@ def _iso(dt):
     return None if dt is None else dt.isoformat(timespec="seconds")
 
 
+def _activity_json(a, now_boot, now_wall):
+    return {
+        "kind": a.kind,
+        "id": a.id,
+        "user": a.user,
+        "why": a.why,
+        "since": _iso(_wall(a.since, now_boot, now_wall)),
+        "until": _iso(_wall(a.until, now_boot, now_wall)),
+        "capped": a.capped,
+        "pid": a.pid,
+    }
+
+
+def _activity_session_json(a, now_boot):
+    """Another kind of session (mosh, say) in the shape of an SSH session's, with its kind."""
+    return {
+        "kind": a.kind, "user": a.user, "service": None, "rhost": None, "tty": None, "pid": a.pid,
+        "opened_seconds_ago": None if a.since is None else int(max(0.0, now_boot - a.since)), "counted": True,
+        "reason": None, "client": None, "client_port": None, "key": None, "recorded": True, "source": a.kind,
+        "container": False, "pending": False,
+    }  # fmt: skip
+
+
 def _session_json(view):
     return {
+        "kind": "ssh",
         "user": view.user,
         "service": view.service,
         "rhost": view.rhost,
@@ -57,6 +82,7 @@ def build(paths, cfg):
     until = d.seconds_until_action
     memory = (seen.state or {}).get("reaper", {})
     unclear_since = memory.get("unclear_since") if decision.unclear(d) else None
+    lasting = [a for a in d.activities if a.end(now_boot) is None]
     if seen.problem:
         file_status = "unusable"
     elif seen.file_missing:
@@ -76,8 +102,10 @@ def build(paths, cfg):
         "blocked": d.blocked,
         "unclear_seconds": None if unclear_since is None else int(now_boot - unclear_since),
         "deadline_provisional": d.provisional and until is not None,
-        "sessions": [_session_json(v) for v in d.sessions],
-        "inhibitors": [],
+        "sessions": [_session_json(v) for v in d.sessions]
+        + [_activity_session_json(a, now_boot) for a in lasting if a.holds == activity.ACTIVE],
+        "inhibitors": [_activity_json(a, now_boot, now_wall) for a in lasting if a.holds == activity.INHIBIT],
+        "evidence_notes": list(seen.evidence.notes),
         "policy": {
             "inactivity_duration": cfg.inactivity_duration,
             "min_session": cfg.min_session,
@@ -156,6 +184,8 @@ def render(status):
     lines.append(f"Sessions:  {len(sessions)} open" + (":" if sessions else ""))
     for v in sessions:
         mark = "counted" if v["counted"] else "pending" if v["pending"] else "ignored"
+        if v["kind"] != "ssh":
+            mark += f" ({escape(v['kind'], 16)})"
         if v["container"]:
             mark += " (in a container)"
         elif not v["recorded"]:
@@ -168,7 +198,18 @@ def render(status):
             f"  {mark:8} {escape(v['user'], 32):12} {escape(v['service'], 16):8} {escape(where, 46):15}"
             f" {escape(v['tty'], 16):5} pid {v['pid']}  open {opened}" + (f"  - {v['reason']}" if v["reason"] else "")
         )
-    lines.append("Inhibitors: none")
+    inhibitors = s["inhibitors"]
+    lines.append(f"Inhibitors: {len(inhibitors) or 'none'}" + (":" if inhibitors else ""))
+    for i in inhibitors:
+        ends = f"until {_clock(i['until'])}" + (" (max_inhibit)" if i["capped"] else "") if i["until"] else ""
+        follows = f"while pid {i['pid']} runs" if i["pid"] else ""
+        what = "; ".join(x for x in (ends, follows) if x) or "until released"
+        lines.append(
+            f"  {escape(i['kind'], 16)} {escape(i['id'], 40)} {escape(i['user'], 32)} since {_clock(i['since'])},"
+            f" {what}" + (f"  - {escape(i['why'], 200)}" if i["why"] else "")
+        )
+    for note in s["evidence_notes"]:
+        lines.append(f"Note:      {escape(note, 300)}")
     return "\n".join(lines)
 
 

@@ -44,6 +44,7 @@ class Evidence:
         self.checked = checked  # True if the live sessions could be read completely
         self.why_unchecked = why_unchecked
         self.index = index  # a LeaseIndex of the same leases, if gather() built one
+        self.notes = []  # what the other sources of evidence said (observe.look fills it)
 
 
 def lease_tuple(lease):

@@ -6,6 +6,7 @@ import pytest
 
 from reaper import decision
 from reaper.config.schema import Config
+from reaper.evidence.activity import ACTIVE, INHIBIT, Activity
 from reaper.evidence.ssh import Evidence, LiveSession
 
 BOOT = "b/1"
@@ -285,3 +286,41 @@ def test_a_reason_names_a_few_sessions_and_counts_the_rest():
     d = decide(cfg(), HOUR, st)
     assert d.state == "active" and d.reason.startswith("10 counted session(s): u0 from")
     assert d.reason.endswith("and 7 more") and len(d.sessions) == 10
+
+
+# --- other kinds of evidence: inhibitors, mosh, ... (evidence.activity) ---------------------------------
+
+
+def held(until=None, ended=None, holds=INHIBIT, since=100.0, kind="inhibitor"):
+    return Activity(kind, "i1", holds, "alice", "training run", since, until=until, ended=ended)
+
+
+def test_a_lasting_inhibitor_inhibits_and_nothing_acts():
+    d = decision.decide(cfg(), 2 * HOUR, 0.0, state(), evidence(), activities=[held()])
+    assert (d.state, d.act) == ("inhibited", False) and "training run" in d.reason
+
+
+def test_the_countdown_starts_when_the_last_inhibitor_ends():
+    d = decision.decide(cfg(), 2 * HOUR, 0.0, state(), evidence(), activities=[held(ended=HOUR + 600)])
+    assert (d.state, d.act, d.seconds_until_action) == ("idle", False, 600)
+    assert d.idle_since == HOUR + 600 and "inhibitor i1 of alice ended" in d.last_activity
+
+
+def test_an_inhibitor_for_a_time_ends_by_itself_and_says_when():
+    lasting = decision.decide(cfg(), HOUR, 0.0, state(), evidence(), activities=[held(until=HOUR + 40)])
+    assert lasting.state == "inhibited" and lasting.next_check == 40
+    expired = decision.decide(cfg(), 2 * HOUR + 40, 0.0, state(), evidence(), activities=[held(until=HOUR + 40)])
+    assert expired.act and expired.idle_since == HOUR + 40
+
+
+def test_an_end_the_tick_remembered_counts_after_its_source_forgot_it():
+    st = state(reaper={"activity_end": {"at": HOUR + 5, "what": "inhibitor i1 of alice ended"}})
+    d = decision.decide(cfg(), HOUR + 10, 0.0, st, evidence())
+    assert (d.state, d.idle_since, d.seconds_until_action) == ("idle", HOUR + 5, HOUR - 5)
+
+
+def test_an_attached_mosh_client_is_activity_and_a_session_outranks_an_inhibitor():
+    mosh = held(holds=ACTIVE, kind="mosh")
+    assert decision.decide(cfg(), 2 * HOUR, 0.0, state(), evidence(), activities=[mosh, held()]).state == "active"
+    d = decide(cfg(), 2 * HOUR, state(open_=[lease(opened=0.0)]))
+    assert d.state == "active"
