@@ -112,6 +112,18 @@ def _named_activities(items):
     return who + (f" and {len(items) - NAMED} more" if len(items) > NAMED else "")
 
 
+def vanished(activities, lasting, now):
+    """Activities the last tick saw lasting (`lasting`: {"kind id": description}) that no source reports any
+    more: they ended when first seen gone, which is now, as a stale lease does."""
+    seen = {f"{a.kind} {a.id}" for a in activities}
+    gone = []
+    for key, what in (lasting or {}).items():
+        if key not in seen:
+            kind, _, ident = key.partition(" ")
+            gone.append(kinds.Activity(kind, ident, kinds.ACTIVE, None, what, None, ended=now))
+    return gone
+
+
 def last_end(activities, now, remembered=None):
     """Return (when, what) of the latest end among activities that ended and the remembered one, or None."""
     best = None
@@ -184,7 +196,9 @@ def decide(config, now, boot_started, state, evidence, state_problem=None, views
             last_activity = f"session of {escape(record.get('user'))} from {where} ended"
     if state and state.get("lost") is not None and state["lost"] > idle_since:
         idle_since, last_activity = state["lost"], "state was lost and rebuilt"
-    ended = last_end(activities, now, (state or {}).get("reaper", {}).get("activity_end"))
+    memory = (state or {}).get("reaper", {})
+    activities = list(activities) + vanished(activities, memory.get("lasting"), now)
+    ended = last_end(activities, now, memory.get("activity_end"))
     if ended and ended[0] > idle_since:
         idle_since, last_activity = ended
     lasting = [a for a in activities if a.end(now) is None]

@@ -142,11 +142,17 @@ def evaluate(paths, cfg):
 def _remember_end(memory, result, now):
     """Remember the latest end of any other kind of activity, which idleness is measured from, so its source
     may forget it (an inhibitor released, a mosh client gone). Return True if the memory changed."""
+    changed = False
     latest = decision.last_end(result.activities, now, memory.get("activity_end"))
-    if latest is None or latest == tuple((memory.get("activity_end") or {}).values()):
-        return False
-    memory["activity_end"] = {"at": latest[0], "what": latest[1]}
-    return True
+    if latest is not None and latest != tuple((memory.get("activity_end") or {}).values()):
+        memory["activity_end"] = {"at": latest[0], "what": latest[1]}
+        changed = True
+    # What lasts now, so that the next tick notices one that no source reports any more (decision.vanished).
+    lasting = {f"{a.kind} {a.id}": a.describe() for a in result.activities if a.end(now) is None}
+    if lasting != (memory.get("lasting") or {}):
+        memory["lasting"] = lasting
+        changed = True
+    return changed
 
 
 def _note_unclear(memory, result, now):

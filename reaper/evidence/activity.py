@@ -42,6 +42,8 @@ class Activity(NamedTuple):
         return None
 
     def describe(self):
+        if self.user is None and self.since is None and self.why:
+            return self.why  # one the tick remembered lasting, now gone (decision.vanished)
         return f"{self.kind} {self.id} of {self.user or '?'}"
 
 

@@ -324,3 +324,9 @@ def test_an_attached_mosh_client_is_activity_and_a_session_outranks_an_inhibitor
     assert decision.decide(cfg(), 2 * HOUR, 0.0, state(), evidence(), activities=[mosh, held()]).state == "active"
     d = decide(cfg(), 2 * HOUR, state(open_=[lease(opened=0.0)]))
     assert d.state == "active"
+
+
+def test_an_activity_no_source_reports_any_more_ended_when_first_seen_gone():
+    st = state(reaper={"lasting": {"mosh 4242": "mosh 4242 of alice"}})
+    d = decision.decide(cfg(), HOUR + 10, 0.0, st, evidence())
+    assert (d.state, d.idle_since, d.last_activity) == ("idle", HOUR + 10, "mosh 4242 of alice ended")
