@@ -108,6 +108,10 @@ def identify(env, pid, opening, proc=defaults.PROC):
     user = leases.clip(env.get("PAM_USER"))
     uid = _uid_of(user)
     logged_in = process.logged_in if process else None
+    if logged_in is not None and process.ppid > 1:
+        parent = monitor.read(process.ppid, proc)
+        if parent is not None and parent.loginuid == process.loginuid:
+            logged_in = None  # inherited from sshd's own start (a root shell), not set by this login
     if logged_in is not None and logged_in != uid:
         problems.append(f"PAM_USER {escape(user)} is not the session's loginuid {logged_in}")
         uid, user = logged_in, _user_of(logged_in)

@@ -90,17 +90,17 @@ def _privsep_uid(name="sshd"):
         return None
 
 
-def _root_login_title(text):
-    """True if sshd's title says a session is logged in ("sshd: root@pts/0", "sshd-session: root@notty").
+def _logged_in_title(text):
+    """True if sshd's title says its connection is logged in: "sshd: root", "sshd: root@notty",
+    "sshd-session: root@pts/0". Before that it reads "sshd: [accepted]" or "sshd: root [priv]".
 
-    Before authentication it reads "sshd: [accepted]" or "sshd: root [priv]". Only sshd, running as root,
-    sets the title of its own root process, so it is evidence where no other is left: a root login of an
-    sshd whose listener already had that loginuid (started from a root shell), in a container without
-    pam_loginuid.
+    Only sshd, running as root, sets the title of its own root process, so it is evidence where no other is
+    left: a root login of an sshd whose listener already had loginuid 0 (started from a root shell), or in a
+    container without pam_loginuid.
     """
     _, sep, rest = text.partition(": ")
-    word = rest.split(" ", 1)[0]
-    return bool(sep) and "@" in word and not word.startswith("@")
+    rest = rest.strip()
+    return bool(sep) and bool(rest) and "[" not in rest
 
 
 def ssh_sessions(sockets, processes, inodes_of, privsep_uid, title_of=lambda pid: ""):
@@ -109,8 +109,9 @@ def ssh_sessions(sockets, processes, inodes_of, privsep_uid, title_of=lambda pid
     A connection is a session only if a real sshd serves it and it has logged in: it is ESTABLISHED on a port
     that an sshd running as root listens on, no process of it runs as the privilege-separation user (that is
     still authenticating), and either an sshd process of it runs as the user (the session's own child), or
-    its root monitor (a child of the listener) has a loginuid that its listener doesn't (pam_loginuid sets
-    it when the session opens), or the monitor's title says it is logged in (a root login). A connection at
+    its root monitor (a child of the listener, or orphaned by the listener's restart) has a loginuid that its
+    listener doesn't (pam_loginuid sets it when the session opens), or the monitor's title says it is logged
+    in (a root login). A connection at
     the banner, in key exchange or after a failed login is none of these; nor is anything a user runs,
     whatever its name. Pure but for `inodes_of` (which may raise PermissionError) and `title_of`.
     """
@@ -118,6 +119,7 @@ def ssh_sessions(sockets, processes, inodes_of, privsep_uid, title_of=lambda pid
     for p in processes:
         for inode in inodes_of(p.pid):
             holders.setdefault(inode, []).append(p)
+    sshd_pids = {p.pid for p in processes}
     listeners = {}  # pid -> Process, of root sshds holding a listening socket
     ports = set()
     for s in sockets:
@@ -133,16 +135,19 @@ def ssh_sessions(sockets, processes, inodes_of, privsep_uid, title_of=lambda pid
         procs = holders.get(s.inode, [])
         if not procs or (privsep_uid is not None and any(p.uid == privsep_uid for p in procs)):
             continue  # not served by sshd (an outgoing ssh from here, say), or still authenticating
-        monitors = [p for p in procs if p.uid == 0 and p.ppid in listeners]
+        # The monitor is a root sshd that its listener forked, or one orphaned by a restart of the listener
+        # (its parent is then init, not an sshd): a session outlives `systemctl restart ssh`.
+        monitors = [p for p in procs if p.uid == 0 and (p.ppid in listeners or p.ppid not in sshd_pids)]
         monitor = min(monitors, key=lambda p: (p.start, p.pid)) if monitors else None
         children = [p for p in procs if p.uid != 0]
+        inherited = listeners[monitor.ppid].logged_in if monitor and monitor.ppid in listeners else None
         if children:
             uid = children[0].uid
         elif monitor is None:
             continue
-        elif monitor.logged_in is not None and monitor.logged_in != listeners[monitor.ppid].logged_in:
+        elif monitor.logged_in is not None and monitor.logged_in != inherited:
             uid = monitor.logged_in
-        elif monitor.uid == 0 and _root_login_title(title_of(monitor.pid)):
+        elif _logged_in_title(title_of(monitor.pid)):
             uid = 0
         else:
             continue  # at the banner, in key exchange, or failed to log in

@@ -110,6 +110,9 @@ def test_a_root_session_is_found_by_its_title_where_the_loginuid_tells_nothing()
     (s,) = ssh.ssh_sessions([LISTEN, established(6)], [listener, root], {10: {1}, 30: {6}}.get, SSHD_UID,
                              titles.get)  # fmt: skip
     assert (s.uid, s.pid) == (0, 30)
+    titles[30] = "sshd: root"  # ssh -N: no channel, no "@"
+    assert ssh.ssh_sessions([LISTEN, established(6)], [listener, root], {10: {1}, 30: {6}}.get, SSHD_UID,
+                             titles.get)  # fmt: skip
     titles[30] = "sshd: root [priv]"
     assert ssh.ssh_sessions([LISTEN, established(6)], [listener, root], {10: {1}, 30: {6}}.get, SSHD_UID,
                              titles.get) == []  # fmt: skip
@@ -130,6 +133,13 @@ def test_nothing_a_user_runs_is_a_session_whatever_its_name():
     own = Process(40, 1, 1000, 400, "/usr/sbin/sshd", loginuid=1000)
     child = Process(41, 40, 1000, 401, "/home/u/sshd", loginuid=1000)
     assert sessions([listen, established(9, local_port=2222)], [own, child], {40: {3}, 41: {9}}) == []
+
+
+def test_a_root_session_orphaned_by_a_restart_of_the_listener_is_still_found():
+    orphan = Process(30, 1, 0, 300, "/usr/sbin/sshd", loginuid=0)
+    new_listener = Process(11, 1, 0, 900, "/usr/sbin/sshd")
+    (s,) = sessions([LISTEN, established(6)], [new_listener, orphan], {11: {1}, 30: {6}})
+    assert (s.uid, s.pid) == (0, 30)
 
 
 def test_a_monitor_with_a_loginuid_its_listener_lacks_is_logged_in():
