@@ -180,6 +180,37 @@ class Users:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def hook_pam_line(state_dir):
+    """Our hook's PAM line, as the package's profile has it, writing to `state_dir`."""
+    return f"session optional pam_exec.so quiet {' '.join(HOOK_ARGV)} --state-dir {state_dir}"
+
+
+def pam_dir_with(pam_d, line, placement="service", service="sshd"):
+    """Copy /etc/pam.d to `pam_d` with `line` added, and `service` as a copy of the stock sshd file. Return it.
+
+    `placement` "service" puts the line at the end of the service's file; "common-session" appends it to
+    common-session, as pam-auth-update does, and leaves the service's file as it is.
+    """
+    if placement not in ("service", "common-session"):
+        raise ValueError(f"placement {placement!r}: use 'service' or 'common-session'")
+    line = line.rstrip("\n") + "\n" if line else ""
+    with open("/etc/pam.d/sshd") as f:
+        pam = f.read()
+    shutil.copytree("/etc/pam.d", pam_d, symlinks=True)
+    if placement == "service":
+        pam += line
+    elif line:
+        common = os.path.join(pam_d, "common-session")
+        with open(common) as f:
+            text = f.read()
+        os.unlink(common)  # it may be a symlink: never write through it into the host's /etc
+        with open(common, "w") as f:
+            f.write(text.rstrip("\n") + "\n" + line)
+    with open(os.path.join(pam_d, service), "w") as f:
+        f.write(pam)
+    return pam_d
+
+
 class Sshd:
     """One sshd on 127.0.0.1 and ::1, with the hook writing to `state_dir`.
 
@@ -218,28 +249,9 @@ class Sshd:
                 f"AuthorizedKeysFile {users.keys_dir}/%u\nExposeAuthInfo yes\nPermitRootLogin prohibit-password\n"
                 "MaxSessions 20\n"
             )
-        if placement not in ("service", "common-session"):
-            raise ValueError(f"placement {placement!r}: use 'service' or 'common-session'")
-        with open("/etc/pam.d/sshd") as f:
-            pam = f.read()
-        line = ""
         if hook_line is True:
-            line = f"session optional pam_exec.so quiet {' '.join(HOOK_ARGV)} --state-dir {state_dir}\n"
-        elif hook_line:
-            line = hook_line.rstrip("\n") + "\n"
-        pam_d = os.path.join(self.dir, "pam.d")
-        shutil.copytree("/etc/pam.d", pam_d, symlinks=True)
-        if placement == "service":
-            pam += line
-        elif line:
-            common = os.path.join(pam_d, "common-session")
-            with open(common) as f:
-                text = f.read()
-            os.unlink(common)  # it may be a symlink: never write through it into the host's /etc
-            with open(common, "w") as f:
-                f.write(text.rstrip("\n") + "\n" + line)
-        with open(os.path.join(pam_d, name), "w") as f:
-            f.write(pam)
+            hook_line = hook_pam_line(state_dir)
+        pam_d = pam_dir_with(os.path.join(self.dir, "pam.d"), hook_line or "", placement, name)
         binary = "/usr/sbin/sshd"
         if name != "sshd":
             binary = os.path.join(self.dir, name)
