@@ -43,6 +43,8 @@ MADE_UP = "irt-atk-nobody"  # no such account
 FORGED_RHOST = "203.0.113.9"
 FORGED_PORT = 4444
 FORGED_CONN = f"{FORGED_RHOST} {FORGED_PORT} 127.0.0.1 22"
+HOSTILE = "irt-atk-\x1b]0;owned\x07\x1b[2J\x1b[31mevil"  # a terminal title, a cleared screen, red
+CONTROL_CHARS = "\x1b\x07\r"
 FORGED_SERVICE = "irt-atk-service"
 FORGED_TTY = "irt-atk-tty"
 READY = "ready"
@@ -105,19 +107,19 @@ def debian_sshd(atk_users, state_dir):
     server.stop()
 
 
-def forged_environment(libs, forged_user, atk_users):
+def forged_environment(libs, forged_user, atk_users, pam_type="open_session", conn=FORGED_CONN):
     """Mallory's ~/.pam_environment: her library for the loader, and another session's identity."""
     with open(atk_users[VICTIM].key + ".pub") as f:
         victim_key = f.read().split()[1]
     return {
         "LD_PRELOAD": libs.preload,
         "LD_AUDIT": libs.audit,
-        "PAM_TYPE": "open_session",
+        "PAM_TYPE": pam_type,
         "PAM_USER": forged_user,
         "PAM_RHOST": FORGED_RHOST,
         "PAM_SERVICE": FORGED_SERVICE,
         "PAM_TTY": FORGED_TTY,
-        "SSH_CONNECTION": FORGED_CONN,
+        "SSH_CONNECTION": conn,
         "SSH_AUTH_INFO_0": f"publickey ssh-ed25519 {victim_key}",
     }
 
@@ -225,18 +227,26 @@ def ports_in(value):
             yield from ports_in(v)
 
 
-def assert_nothing_forged(forbidden, state_dir, config, server):
-    """No forged string in the state file, in `status --json`, or in the hook's syslog lines."""
+DISBELIEF = "; not believed: "  # how the hook's log line names what the system contradicted
+
+
+def assert_nothing_forged(forbidden, state_dir, config, server, disbelief=False):
+    """No forged string in the state file, in `status --json`, or in the hook's syslog lines; no raw control
+    character in any of them. With `disbelief`, a log line may quote a forged value (escaped) after saying
+    it was not believed."""
     text, state = read_state(state_dir)
     syslog = server.syslog_lines()
+    facts = [line.split(DISBELIEF, 1)[0] if disbelief else line for line in syslog]
     done = idle_reaper(config, state_dir, "status", "--json", enter=server.enter)
     assert done.returncode == 0, done.stderr
-    for where, blob in (("state.json", text), ("status --json", done.stdout), ("syslog", "\n".join(syslog))):
+    for where, blob in (("state.json", text), ("status --json", done.stdout), ("syslog", "\n".join(facts))):
         for value in forbidden:
             assert value not in blob, f"the forged {value!r} reached {where}: {blob}"
+    for where, blob in (("state.json", text), ("status --json", done.stdout), ("syslog", "".join(syslog))):
+        assert not any(c in blob for c in CONTROL_CHARS), f"a raw control character reached {where}: {blob!r}"
     for where, doc in (("state.json", state), ("status --json", json.loads(done.stdout))):
         assert FORGED_PORT not in set(ports_in(doc)), f"the forged port reached {where}"
-    for line in syslog:
+    for line in facts:
         message = line.split("]: ", 1)[-1]
         assert not re.search(rf"(?<!pid )(?<!\[)\b{FORGED_PORT}\b", message), f"the forged port reached syslog: {line}"
     assert json.loads(done.stdout)["sessions"] == []
@@ -245,7 +255,9 @@ def assert_nothing_forged(forbidden, state_dir, config, server):
 # --- B: the real attack ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("forged_user", [VICTIM, MADE_UP], ids=["another-real-user", "a-made-up-user"])
+@pytest.mark.parametrize(
+    "forged_user", [VICTIM, MADE_UP, HOSTILE], ids=["another-real-user", "a-made-up-user", "escape-sequences"]
+)
 def test_a_users_pam_environment_runs_nothing_as_root_and_forges_nothing(
     debian_sshd, mallory, atk_users, config, state_dir, marker_prefix, forged_user
 ):
@@ -305,24 +317,75 @@ def test_control_without_the_launcher_the_same_attack_runs_the_users_library_as_
     assert markers(marker_prefix) == {}
 
 
-def test_values_forged_before_the_open_hook_are_not_recorded_either(
-    atk_users, mallory, config, state_dir, marker_prefix
+@pytest.mark.parametrize(
+    "conn", [FORGED_CONN, FORGED_CONN + HOSTILE], ids=["a-plausible-connection", "escape-sequences"]
+)
+def test_values_forged_before_the_open_hook_are_not_recorded_but_named_once_escaped(
+    atk_users, mallory, config, state_dir, marker_prefix, conn
 ):
-    """The hook line at the end of the sshd file, after pam_env: the open hook too sees her variables.
+    """The hook line at the end of the sshd file, after pam_env: the open hook too sees her variables (and
+    a forged PAM_TYPE of close_session). The socket contradicts her SSH_CONNECTION: the open says so once.
 
     Her key is not checked here: SSH_AUTH_INFO_0 is the one claim nothing on the system confirms, and this
     placement hands it to her at open (pam-auth-update's placement, above, does not)."""
     server = Sshd(atk_users, state_dir, placement="service", syslog=True, netns=True)
     try:
-        forged = forged_environment(mallory, VICTIM, atk_users)
-        write_pam_environment(MALLORY, forged)
+        write_pam_environment(MALLORY, forged_environment(mallory, VICTIM, atk_users, "close_session", conn))
         _, port, record = log_in_and_out(server, state_dir, "true")
         assert markers(marker_prefix) == {}, "the user's library ran as root"
         assert_recorded_as_mallory(state_dir, server, port, record)
         forbidden = [VICTIM, FORGED_RHOST, FORGED_CONN, FORGED_SERVICE, FORGED_TTY]
-        assert_nothing_forged(forbidden, state_dir, config.path, server)
+        assert_nothing_forged(forbidden, state_dir, config.path, server, disbelief=True)
+        lines = [line for line in server.syslog_lines() if MALLORY in line]
+        disbelieved = [line for line in lines if DISBELIEF in line]
+        assert len(lines) == 2 and len(disbelieved) == 1 and "session opened" in disbelieved[0], lines
+        assert "SSH_CONNECTION" in disbelieved[0].split(DISBELIEF, 1)[1], disbelieved
     finally:
         server.stop()
+
+
+def test_a_close_forged_in_another_users_name_ends_only_the_attackers_own_session(
+    debian_sshd, mallory, atk_users, config, state_dir
+):
+    """Mallory names the victim's live session (user, client, port) at her close: his stays open and counts."""
+    victim = debian_sshd.start(VICTIM, HOLD, ready=READY)
+    (victim_port,) = accepted_ports(debian_sshd, VICTIM)
+    conn = f"127.0.0.1 {victim_port} 127.0.0.1 {debian_sshd.port}"
+    forged = {**forged_environment(mallory, VICTIM, atk_users, "close_session", conn), "PAM_RHOST": "127.0.0.1"}
+    write_pam_environment(MALLORY, forged)
+    _, port, record = log_in_and_out(debian_sshd, state_dir, "true")
+    _, state = read_state(state_dir)
+    assert record is not None and record["user"] == MALLORY and record["client_port"] == port, state
+    assert [(r["user"], r["client_port"]) for r in state["leases"]] == [(VICTIM, victim_port)], state
+    assert [r["user"] for r in state["closed"]] == [MALLORY], state
+    time.sleep(1.1)  # min_session
+    st = status(config.path, state_dir, enter=debian_sshd.enter)
+    assert st["state"] == "active" and [(s["user"], s["counted"]) for s in st["sessions"]] == [(VICTIM, True)], st
+    end(victim)
+    wait_for(lambda: read_state(state_dir)[1]["leases"] == [])
+    assert [r["user"] for r in read_state(state_dir)[1]["closed"]] == [MALLORY, VICTIM]
+
+
+def test_a_pam_session_that_is_not_sshds_is_not_recorded(atk_users, config, state_dir, workdir):
+    """su runs common-session too, with our line in it: its sessions are not SSH sessions, whoever runs it."""
+    from tests.integration.sshd import hook_pam_line, pam_dir_with
+
+    pam_d = pam_dir_with(os.path.join(workdir, "pam.d"), hook_pam_line(state_dir), "common-session")
+    script = 'mount --bind "$1" /etc/pam.d && exec su -s /bin/sh -c "echo ready; read x" "$2"'
+    su = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", pam_d, MALLORY],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert su.stdout.readline().strip() == READY, su.stderr.read()
+        st = status(config.path, state_dir)
+        assert st["sessions"] == [] or all(s["service"] != "su" for s in st["sessions"]), st["sessions"]
+        su.communicate("\n", timeout=10)
+    finally:
+        if su.poll() is None:
+            su.kill()
+            su.wait()
+    if os.path.exists(os.path.join(state_dir, "state.json")):
+        _, state = read_state(state_dir)
+        assert state["leases"] == [] and state["closed"] == [], state
 
 
 # --- C and D: strangers and impostors --------------------------------------------------------------------
