@@ -267,10 +267,14 @@ class Sshd:
             script += dev_log_script(self.dir, self.syslog.path) + " && "
         if loginuid is not None:
             script += f"echo {int(loginuid)} > /proc/self/loginuid && "
+        self.binary = binary
         script += f"exec {binary} -D -e -f {self.dir}/sshd_config"
         unshare = ["unshare", "-m", *(["-n"] if netns else []), "--propagation", "private"]
         self.proc = subprocess.Popen([*unshare, "sh", "-c", script], stdout=self.log,
                                      stderr=subprocess.STDOUT)  # fmt: skip
+        self._started(netns)
+
+    def _started(self, netns):
         self.netns = f"/proc/{self.proc.pid}/ns/net" if netns else None
         # The argv prefix that runs a command where this sshd's connections are (nothing without netns).
         self.enter = ["nsenter", f"--net={self.netns}"] if netns else []
@@ -281,6 +285,37 @@ class Sshd:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"sshd did not start: {self.read_log()}")
             time.sleep(0.02)
+
+    def restart_listener(self, survivor):
+        """Stop the listener and start another, as `systemctl restart ssh` does: the sessions live on, their
+        processes now children of PID 1. The new one joins the old one's namespaces through `survivor`, a
+        process that outlives it (a session's)."""
+        self.proc.terminate()
+        self.proc.wait(10)
+        namespaces = ["--mount", *(["--net"] if self.netns else [])]
+        argv = [
+            "nsenter",
+            f"--target={survivor}",
+            *namespaces,
+            self.binary,
+            "-D",
+            "-e",
+            "-f",
+            f"{self.dir}/sshd_config",
+        ]
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)  # noqa: S603
+        self._started(self.netns is not None)
+
+    def processes(self):
+        """The pids of the listener's children: one per connection (its monitor)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            with contextlib.suppress(OSError, IndexError):
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+                if int(stat[stat.rindex(b")") + 2 :].split()[1]) == self.proc.pid:
+                    found.append(int(entry))
+        return found
 
     def syslog_lines(self, ident="idle-reaper"):
         """What was logged to /dev/log in sshd's namespace (the hook, as `ident`), as raw syslog messages."""
