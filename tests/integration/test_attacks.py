@@ -56,7 +56,7 @@ IDLE_CONFIG = 'inactivity_duration: 1s\nmin_session: 1s\naction: ["/bin/true"]\n
 def atk_users():
     if os.geteuid() != 0:
         pytest.fail("the attack tests need root: they run a real sshd and make test users")
-    made = Users([MALLORY, VICTIM, IMPOSTOR_USER])
+    made = Users([MALLORY, VICTIM, IMPOSTOR_USER, "root"])
     yield made
     made.remove()
 
@@ -502,3 +502,43 @@ def test_strangers_and_impostors_do_not_hide_a_real_session(open_sshd, config, s
     finally:
         for h in held:
             h.stop()
+
+
+# --- E: the interlock still sees every logged-in session -------------------------------------------------
+
+# Sessions the hook never recorded (an sshd without it; the same holds for a state file lost under them), in the
+# shapes the live check's proofs of a login must each cover: a user's session child, a loginuid the listener
+# lacks, a root login's title.
+UNRECORDED = {
+    # started from a root shell: every monitor inherits loginuid 0, so for root it proves nothing
+    "forwarding-only-listener-with-loginuid-0": dict(loginuid=0, command=(), options=["-N"], restart=False),
+    "a-command-listener-with-loginuid-0": dict(loginuid=0, command=(HOLD,), options=[], restart=False),
+    # `systemctl restart ssh`: the session lives on, its monitor now a child of PID 1
+    "a-command-after-the-listener-restarted": dict(loginuid=None, command=(HOLD,), options=[], restart=True),
+}
+
+
+@pytest.mark.parametrize("user", [MALLORY, "root"])
+@pytest.mark.parametrize("case", list(UNRECORDED))
+def test_an_unrecorded_login_still_stops_the_action(atk_users, config, state_dir, workdir, case, user):
+    spec = UNRECORDED[case]
+    marker = os.path.join(workdir, "acted")
+    config(f'inactivity_duration: 1s\nmin_session: off\naction: ["/bin/sh", "-c", "echo ran >> {marker}"]\n')
+    server = Sshd(atk_users, state_dir, hook_line=False, loginuid=spec["loginuid"], syslog=True, netns=True)
+    try:
+        client = server.start(user, *spec["command"], ready=READY if spec["command"] else None,
+                              options=spec["options"])  # fmt: skip
+        opened = f"session opened for user {user}"
+        wait_for(lambda: any(opened in line for line in server.syslog_lines(None)), timeout=10)
+        if spec["restart"]:
+            (monitor,) = server.processes()
+            server.restart_listener(monitor)
+        st = status(config.path, state_dir, enter=server.enter)
+        assert st["state"] != "idle", f"a connected {user} is not seen: {st}"
+        done = idle_reaper(config.path, state_dir, "reap", enter=server.enter)
+        assert done.returncode == 4, done.stderr
+        assert "not recorded by the hook" in done.stderr and user in done.stderr, done.stderr
+        assert not os.path.exists(marker), "powered off under a connected user"
+        end(client)
+    finally:
+        server.stop()
