@@ -185,17 +185,18 @@ def hook_pam_line(state_dir):
     return f"session optional pam_exec.so quiet {' '.join(HOOK_ARGV)} --state-dir {state_dir}"
 
 
-def pam_dir_with(pam_d, line, placement="service", service="sshd"):
+def pam_dir_with(pam_d, line, placement="service", service="sshd", without=()):
     """Copy /etc/pam.d to `pam_d` with `line` added, and `service` as a copy of the stock sshd file. Return it.
 
     `placement` "service" puts the line at the end of the service's file; "common-session" appends it to
-    common-session, as pam-auth-update does, and leaves the service's file as it is.
+    common-session, as pam-auth-update does, and leaves the service's file as it is. The service's lines that
+    name a module in `without` are left out.
     """
     if placement not in ("service", "common-session"):
         raise ValueError(f"placement {placement!r}: use 'service' or 'common-session'")
     line = line.rstrip("\n") + "\n" if line else ""
     with open("/etc/pam.d/sshd") as f:
-        pam = f.read()
+        pam = "".join(t for t in f.readlines() if not any(m in t.split("#", 1)[0] for m in without))
     shutil.copytree("/etc/pam.d", pam_d, symlinks=True)
     if placement == "service":
         pam += line
@@ -225,6 +226,7 @@ class Sshd:
     `config`: sshd_config lines put first (sshd keeps the first value of a keyword, so these win).
     `loginuid`: give the listener this audit loginuid, as one started by hand from a login shell has (every
     connection's monitor inherits it before any login); by default it has none, as under systemd.
+    `without`: PAM modules left out of the service's stack (container images often drop pam_loginuid).
     `netns`: run it in a network namespace of its own (loopback only). The live check sees only the TCP
     connections of the namespace it runs in, so a test that says "no session on this machine" is not upset by
     other SSH sessions here (another test run's container, say). Everything that must reach this sshd or see
@@ -232,7 +234,7 @@ class Sshd:
     """
 
     def __init__(self, users, state_dir, hook_line=True, name="sshd", placement="service", syslog=False,
-                 config="", loginuid=None, netns=False):  # fmt: skip
+                 config="", loginuid=None, without=(), netns=False):  # fmt: skip
         self.users = users
         self.state_dir = state_dir
         self.dir = public_dir("irt-sshd-")
@@ -251,7 +253,7 @@ class Sshd:
             )
         if hook_line is True:
             hook_line = hook_pam_line(state_dir)
-        pam_d = pam_dir_with(os.path.join(self.dir, "pam.d"), hook_line or "", placement, name)
+        pam_d = pam_dir_with(os.path.join(self.dir, "pam.d"), hook_line or "", placement, name, without)
         binary = "/usr/sbin/sshd"
         if name != "sshd":
             binary = os.path.join(self.dir, name)
