@@ -544,3 +544,20 @@ def test_an_unrecorded_login_still_stops_the_action(atk_users, config, state_dir
         end(client)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("loginuid", [None, 0], ids=["listener-without-loginuid", "listener-with-loginuid-0"])
+def test_a_login_pam_loginuid_could_not_mark_is_recorded_as_who_logged_in(atk_users, mallory, config, state_dir,
+                                                                          loginuid):  # fmt: skip
+    """Without pam_loginuid (container images drop it: it fails without CAP_AUDIT_CONTROL), the monitor's
+    loginuid is whatever its listener had: no login's, or the root shell's that started sshd. It says
+    nothing about who logged in, and must not replace the user sshd authenticated."""
+    server = Sshd(atk_users, state_dir, placement="common-session", syslog=True, loginuid=loginuid,
+                  without=("pam_loginuid.so",), netns=True)  # fmt: skip
+    try:
+        _, port, record = log_in_and_out(server, state_dir, "true")
+        assert_recorded_as_mallory(state_dir, server, port, record)
+        lines = [line for line in server.syslog_lines() if "session" in line]
+        assert not any(DISBELIEF in line for line in lines), lines
+    finally:
+        server.stop()
