@@ -368,8 +368,9 @@ def test_a_close_forged_in_another_users_name_ends_only_the_attackers_own_sessio
     assert [r["user"] for r in read_state(state_dir)[1]["closed"]] == [MALLORY, VICTIM]
 
 
-def test_a_pam_session_that_is_not_sshds_is_not_recorded(atk_users, config, state_dir, workdir):
-    """su runs common-session too, with our line in it: its sessions are not SSH sessions, whoever runs it."""
+def test_a_pam_session_that_is_not_sshds_never_counts(atk_users, config, state_dir, workdir):
+    """su runs common-session too, with our line in it. Its session is recorded as the PAM service it is (su,
+    as pam_exec gives it, which no user can change), and it never counts: services lists sshd only."""
     from tests.integration.sshd import hook_pam_line, pam_dir_with
 
     pam_d = pam_dir_with(os.path.join(workdir, "pam.d"), hook_pam_line(state_dir), "common-session")
@@ -379,15 +380,16 @@ def test_a_pam_session_that_is_not_sshds_is_not_recorded(atk_users, config, stat
     try:
         assert su.stdout.readline().strip() == READY, su.stderr.read()
         st = status(config.path, state_dir)
-        assert st["sessions"] == [] or all(s["service"] != "su" for s in st["sessions"]), st["sessions"]
+        theirs = [s for s in st["sessions"] if s["service"] == "su"]
+        assert theirs and all(not s["counted"] and s["reason"] == "service su is not in services" for s in theirs)
+        assert st["state"] != "active", st
         su.communicate("\n", timeout=10)
     finally:
         if su.poll() is None:
             su.kill()
             su.wait()
-    if os.path.exists(os.path.join(state_dir, "state.json")):
-        _, state = read_state(state_dir)
-        assert state["leases"] == [] and state["closed"] == [], state
+    _, state = read_state(state_dir)
+    assert state["leases"] == [], "the close matched the open"
 
 
 # --- C and D: strangers and impostors --------------------------------------------------------------------
