@@ -118,25 +118,33 @@ def hex_address(text):
     return _socket.inet_ntop(_socket.AF_INET6, raw)
 
 
-def connections(pid, proc=defaults.PROC):
-    """Return the ESTABLISHED TCP connections a process holds, each as (remote, remote port, local, local
-    port), read from its own network namespace. An sshd monitor holds one: its client's.
-    """
-    inodes = socket_inodes(pid, proc)
-    found = []
+def tcp_table(base):
+    """Yield (local, local port, remote, remote port, state, inode) of each socket in base/net/tcp and tcp6,
+    addresses still in /proc's hex. `base` is /proc (this network namespace) or /proc/PID (that process's)."""
     for name in ("tcp", "tcp6"):
         try:
-            with open(f"{proc}/{pid}/net/{name}") as f:
+            with open(f"{base}/net/{name}") as f:
                 lines = f.read().splitlines()[1:]
         except FileNotFoundError:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) >= 10 and fields[3] == TCP_ESTABLISHED and int(fields[9]) in inodes:
+            if len(fields) >= 10:
                 local, local_port = fields[1].split(":")
                 remote, remote_port = fields[2].split(":")
-                found.append((hex_address(remote), int(remote_port, 16), hex_address(local), int(local_port, 16)))
-    return found
+                yield local, int(local_port, 16), remote, int(remote_port, 16), fields[3], int(fields[9])
+
+
+def connections(pid, proc=defaults.PROC):
+    """Return the ESTABLISHED TCP connections a process holds, each as (remote, remote port, local, local
+    port), read from its own network namespace. An sshd monitor holds one: its client's.
+    """
+    inodes = socket_inodes(pid, proc)
+    return [
+        (hex_address(remote), remote_port, hex_address(local), local_port)
+        for local, local_port, remote, remote_port, state, inode in tcp_table(f"{proc}/{pid}")
+        if state == TCP_ESTABLISHED and inode in inodes
+    ]
 
 
 def is_ip(text):

@@ -154,30 +154,12 @@ def _proc_net_tcp(proc):
     out = []
     known = {}
     listening = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"{proc}/net/{name}") as f:
-                lines = f.read().splitlines()[1:]
-        except FileNotFoundError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10 or fields[3] not in (TCP_ESTABLISHED, TCP_LISTEN):
-                continue  # TIME_WAIT and the like: neither a session nor a listener
-            local, lport = fields[1].split(":")
-            remote, rport = fields[2].split(":")
-            out.append(
-                Socket(
-                    _hex_ip(local, known),
-                    int(lport, 16),
-                    _hex_ip(remote, known),
-                    int(rport, 16),
-                    fields[3],
-                    int(fields[9]),
-                )  # fmt: skip
-            )
-            if fields[3] == TCP_LISTEN:
-                listening.add(out[-1].local_port)
+    for local, lport, remote, rport, state, inode in monitor.tcp_table(proc):
+        if state not in (TCP_ESTABLISHED, TCP_LISTEN):
+            continue  # TIME_WAIT and the like: neither a session nor a listener
+        out.append(Socket(_hex_ip(local, known), lport, _hex_ip(remote, known), rport, state, inode))
+        if state == TCP_LISTEN:
+            listening.add(lport)
     return [s for s in out if s.state == TCP_LISTEN or s.local_port in listening]
 
 
