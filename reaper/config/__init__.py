@@ -108,6 +108,8 @@ def _cached(cache_dir, key, path):
             ignore_keys=frozenset(c["ignore_keys"]),
             action=tuple(c["action"]),
             dstack=c["dstack"],
+            max_inhibit=c["max_inhibit"],
+            may_inhibit=c["may_inhibit"] if isinstance(c["may_inhibit"], str) else tuple(c["may_inhibit"]),
         )
     except (OSError, leases.StateError, KeyError, TypeError, ValueError):
         return None
@@ -116,6 +118,11 @@ def _cached(cache_dir, key, path):
     if not all(type(n) is int for n in ints) or not all(type(t) is str for t in texts):
         return None
     if type(config.dstack) is not bool:
+        return None
+    if config.max_inhibit is not None and type(config.max_inhibit) is not int:
+        return None
+    who = config.may_inhibit
+    if not (who in ("everyone", "root") or (type(who) is tuple and who and all(type(g) is str for g in who))):
         return None
     return config
 
@@ -133,6 +140,8 @@ def _keep(cache_dir, key, config):
             "ignore_keys": sorted(config.ignore_keys),
             "action": list(config.action),
             "dstack": config.dstack,
+            "max_inhibit": config.max_inhibit,
+            "may_inhibit": config.may_inhibit if isinstance(config.may_inhibit, str) else list(config.may_inhibit),
         },
     }
     try:
