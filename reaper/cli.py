@@ -1,4 +1,4 @@
-"""The `idle-reaper` command: status, reap and check-config. Only main() turns errors into exit codes."""
+"""The `idle-reaper` command: status, reap, check-config and inhibit. Only main() turns errors into exit codes."""
 
 import argparse
 import os
@@ -24,6 +24,8 @@ examples:
   idle-reaper status --json          the same for a program (fields in idle-reaper(8))
   idle-reaper check-config           validate /etc/idle-reaper/config.yaml
   idle-reaper reap --dry-run         what the timer's tick would do now
+  idle-reaper inhibit --for 4h --why "training run"   keep the machine up for 4 hours
+  idle-reaper inhibit -- make -j8    keep it up while the build runs
 
 See idle-reaper(8)."""
 
@@ -61,6 +63,19 @@ def get_parser():
     reap.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub.add_parser("check-config", help="validate the config file; print each problem and exit 3 if any")
     sub.add_parser("run-action", help="run the configured action now (what idle-reaper-action.service runs)")
+    inhibit = sub.add_parser(
+        "inhibit",
+        help="keep the machine up on purpose: for a while, while a command or a process runs",
+        usage="idle-reaper inhibit (--for DURATION | --pid PID | -- COMMAND [ARGS...]) [--why TEXT]\n"
+        "       idle-reaper inhibit --list [--json]\n       idle-reaper inhibit --release ID",
+    )
+    inhibit.add_argument("--for", dest="for_", metavar="DURATION", help="hold for this long (30m, 4h), then end")
+    inhibit.add_argument("--pid", type=int, metavar="PID", help="hold while this process of yours runs")
+    inhibit.add_argument("--why", metavar="TEXT", help="say why, for status and the journal")
+    inhibit.add_argument("--list", action="store_true", help="list the inhibitors that hold")
+    inhibit.add_argument("--json", action="store_true", help="with --list: print JSON")
+    inhibit.add_argument("--release", metavar="ID", help="end an inhibitor of yours now (root: anyone's)")
+    inhibit.add_argument("argv", nargs="*", metavar="COMMAND", help="after --: run it and hold while it runs")
     return parser
 
 
@@ -74,7 +89,13 @@ def _paths(args):
 
 
 # Each subcommand is a module of reaper.commands with handle(args, paths) -> exit code, imported only when run.
-COMMANDS = {"status": "status", "reap": "reap", "check-config": "check_config", "run-action": "run_action"}
+COMMANDS = {
+    "status": "status",
+    "reap": "reap",
+    "check-config": "check_config",
+    "run-action": "run_action",
+    "inhibit": "inhibit",
+}
 
 
 def main(argv=None):

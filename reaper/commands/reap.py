@@ -187,13 +187,19 @@ def _record_action(paths, idle_since, when):
 
 
 def _stamp(state_dir):
-    """What changes when a hook records a session: the state file's identity and the pending files."""
+    """What changes when a hook records a session (the state file's identity and the pending files) or when an
+    inhibitor begins or ends (the inhibitors directory's mtime: every file is created, replaced or deleted
+    by a rename or an unlink in it)."""
     try:
         st = os.stat(leases.state_path(state_dir))
         names = sorted(n for n in os.listdir(state_dir) if n.startswith(leases.PENDING_PREFIX))
     except OSError:
         return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size, tuple(names))
+    try:
+        held = os.stat(os.path.join(state_dir, "inhibitors")).st_mtime_ns
+    except OSError:
+        held = None
+    return (st.st_ino, st.st_mtime_ns, st.st_size, tuple(names), held)
 
 
 def _sleep_watching(state_dir, seconds, sleep):
