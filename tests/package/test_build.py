@@ -172,7 +172,10 @@ def test_timer_cadence_lands_the_action_on_the_deadline():
 
 def test_path_unit_starts_a_tick_when_a_session_opens_or_closes():
     path = _unit("idle-reaper.path")
-    assert path["Path"]["PathChanged"] == "/run/idle-reaper/state.json"
+    text = (DEBIAN / "idle-reaper.path").read_text()
+    watched = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("PathChanged=")]
+    # the state file (sessions), and the inhibitors directory (an inhibitor begins or ends)
+    assert watched == ["/run/idle-reaper/state.json", "/run/idle-reaper/inhibitors"]
     assert path["Path"]["Unit"] == "idle-reaper.service"
     assert path["Install"]["WantedBy"] == "paths.target"
 
@@ -218,7 +221,10 @@ def test_tmpfiles_entry_gives_the_state_dir_its_modes():
         for line in (DEBIAN / "idle-reaper.tmpfiles").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    assert entries == [["d", "/run/idle-reaper", "0755", "root", "root", "-"]]
+    assert entries == [
+        ["d", "/run/idle-reaper", "0755", "root", "root", "-"],
+        ["d", "/run/idle-reaper/inhibitors", "1777", "root", "root", "-"],
+    ]
 
 
 def test_sample_config_and_man_page_are_in_step_with_the_schema():
