@@ -22,8 +22,8 @@ from reaper.state import inhibitors as files
 KIND = "inhibitor"
 # A time in a file this far ahead of now is a clock's rounding, not the future.
 SLACK = 2.0
-# Refused files named in one note; the rest are counted.
-NAMED = 3
+# Reasons for refusals named in one note; the rest are counted.
+NAMED = 8
 
 
 def user_name(uid, cache):
@@ -103,10 +103,18 @@ def to_activity(entry, user, cfg, now, proc):
 
 
 def _note(refused, names):
-    shown = ", ".join(f"{escape(n.name, 40)} of {escape(names.get(n.uid, n.uid), 32)} ({escape(n.why, 120)})"
-                      for n in refused[:NAMED])  # fmt: skip
-    more = f" and {len(refused) - NAMED} more" if len(refused) > NAMED else ""
-    return f"inhibitors: refused {len(refused)} file(s): {shown}{more}"
+    """One line for every refused file: grouped by why, each group with a count and the first file's name."""
+    groups = {}
+    for r in refused:
+        groups.setdefault(r.why, []).append(r)
+    shown = []
+    for why, group in list(groups.items())[:NAMED]:
+        first = group[0]
+        who = f"{escape(first.name, 40)} of {escape(names.get(first.uid, first.uid), 32)}"
+        shown.append(f"{len(group)} {escape(why, 120)} ({who}{', ...' if len(group) > 1 else ''})")
+    rest = sum(len(g) for g in list(groups.values())[NAMED:])
+    more = f"; and {rest} more" if rest else ""
+    return f"inhibitors: refused {len(refused)} file(s): {'; '.join(shown)}{more}"
 
 
 def gather(paths, cfg, now):

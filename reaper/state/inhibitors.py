@@ -209,12 +209,12 @@ def scan(state_dir, boot, now_wall=None):
             if count >= MAX_PER_USER:
                 refusals.append(Refusal(name, lst.st_uid, f"more than {MAX_PER_USER} inhibitors of one user"))
                 continue
-            if len(entries) >= MAX_TOTAL:
+            if sum(per_user.values()) >= MAX_TOTAL:
                 refusals.append(Refusal(name, lst.st_uid, f"more than {MAX_TOTAL} inhibitors", delete=False))
                 continue
+            per_user[lst.st_uid] = count + 1  # whether it reads well or not: a flood costs 16 opens a user
             got = _read_one(dir_fd, name, lst, boot)
             if isinstance(got, Entry):
-                per_user[got.uid] = count + 1
                 entries.append(got)
             elif got is not None:
                 refusals.append(got)
