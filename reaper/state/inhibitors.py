@@ -29,10 +29,10 @@ FORMAT = 1
 SUFFIX = ".json"
 ID_BYTES = 6  # 12 hex digits
 MAX_FILE_BYTES = 4096
-MAX_WHY = 1000  # characters
+MAX_WHY = 500  # characters (and the file must still be at most MAX_FILE_BYTES)
 MAX_PER_USER = 16
 MAX_TOTAL = 256
-# A temp file this old (wall clock) was left by a writer that was killed mid-write.
+# A temp file changed this long ago (its ctime, which its owner can't set) was left by a writer killed mid-write.
 STALE_TEMP = 60
 _HEX = frozenset("0123456789abcdef")
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -190,7 +190,7 @@ def scan(state_dir, boot, now_wall=None):
             except FileNotFoundError:
                 continue
             if _is_temp(name):
-                if now_wall is not None and now_wall - lst.st_mtime > STALE_TEMP and not stat.S_ISDIR(lst.st_mode):
+                if now_wall is not None and now_wall - lst.st_ctime > STALE_TEMP and not stat.S_ISDIR(lst.st_mode):
                     stale.append(name)
                 continue
             if stat.S_ISLNK(lst.st_mode):
@@ -255,6 +255,9 @@ def write(state_dir, ident, record, replace_ino=None, owner=None):
     final = file_name(ident)
     tmp = f".{ident}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     data = statejson.dumps(record).encode("ascii")
+    if len(data) > MAX_FILE_BYTES:
+        os.close(dir_fd)
+        raise InhibitorError(f"inhibitor {ident}: {len(data)} bytes, more than {MAX_FILE_BYTES} (a shorter --why)")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=dir_fd)
         try:

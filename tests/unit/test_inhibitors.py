@@ -4,6 +4,7 @@ tidying and wake-up. The files here are the test user's own; owners and real use
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -208,7 +209,7 @@ def test_hostile_why_text_is_escaped_in_status_and_the_reason(paths, monkeypatch
 # --- the tick -------------------------------------------------------------------------------------------------
 
 
-def test_tidy_removes_ended_and_refused_files_and_stale_temps_and_keeps_what_holds(paths):
+def test_tidy_removes_ended_and_refused_files_and_stale_temps_and_keeps_what_holds(paths, monkeypatch):
     now = clock.now()
     holds = put(paths)
     ended = put(paths, record(ended=now - 1))
@@ -216,12 +217,16 @@ def test_tidy_removes_ended_and_refused_files_and_stale_temps_and_keeps_what_hol
     os.symlink("/etc/passwd", os.path.join(d, "aaaaaaaaaaaa.json"))
     temp = os.path.join(d, ".x.1.tmp")
     open(temp, "w").close()
-    os.utime(temp, (0, 0))
+    os.utime(temp, (2**40, 2**40))  # its owner can set mtime, not ctime: the ctime says how old it is
     fresh = os.path.join(d, ".y.1.tmp")
     open(fresh, "w").close()
     found, _ = evidence.gather(paths, cfg(), now)
     evidence.tidy(paths, found, now)
-    assert sorted(os.listdir(d)) == sorted([f"{holds}.json", ".y.1.tmp"]), "a fresh temp file is a write under way"
+    assert sorted(os.listdir(d)) == sorted([f"{holds}.json", ".x.1.tmp", ".y.1.tmp"]), "writes under way"
+    real_time = time.time
+    monkeypatch.setattr(evidence.time, "time", lambda: real_time() + files.STALE_TEMP + 1)
+    evidence.tidy(paths, found, now)
+    assert sorted(os.listdir(d)) == [f"{holds}.json"], "a minute later they are stale"
     assert ended not in os.listdir(d)
 
 
@@ -254,6 +259,11 @@ def test_a_waiting_tick_wakes_when_an_inhibitor_begins_or_ends(paths):
     assert after != before
     files.write(paths.state_dir, ident, record(ended=clock.now()), replace_ino=True)
     assert reap._stamp(paths.state_dir) != after
+
+
+def test_a_why_too_long_for_the_file_is_refused_when_written(paths):
+    with pytest.raises(files.InhibitorError, match="more than 4096"):
+        put(paths, record(why="\U0001f600" * files.MAX_WHY))
 
 
 def test_a_rewrite_never_brings_back_a_released_inhibitor(paths):
