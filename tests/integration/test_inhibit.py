@@ -301,3 +301,23 @@ def test_may_inhibit_keeps_out_who_it_does_not_list_even_by_hand(box):
     s = box.status()
     assert s["inhibitors"] == [] and "may_inhibit is root" in s["evidence_notes"][0]
     assert box.run("--for", "1h", user=None).returncode == 0, "root always may"
+
+
+def test_a_tick_waiting_for_the_deadline_wakes_when_an_inhibitor_begins_and_does_not_act(box):
+    marker = os.path.join(box.root, "acted")
+    noise = 'ignore:\n  networks: [127.0.0.0/8, "::1/128"]\n'
+    with open(box.config, "w") as f:
+        f.write(f'inactivity_duration: 3s\nmin_session: off\naction: ["/usr/bin/touch", "{marker}"]\n{noise}')
+    proc = box.start("--", "true")
+    assert proc.wait(10) == 0  # its end is the last activity: the deadline is 3 s from now
+    argv = [VENV_PYTHON, "-m", "reaper", "--config", box.config, "--state-dir", box.state, "reap", "--wait", "10"]
+    reaper = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    time.sleep(1)
+    assert box.run("--for", "1h").returncode == 0
+    started = time.monotonic()
+    _, err = reaper.communicate(timeout=10)
+    assert reaper.returncode == 0, err
+    assert time.monotonic() - started < 1.5, "the waiting tick saw the inhibitor within its watch interval"
+    time.sleep(2.5)
+    assert not os.path.exists(marker), "it did not act under the inhibitor"
+    assert "inhibited" in err
