@@ -118,7 +118,7 @@ def hold_for(paths, cfg, seconds, why):
 
 def hold_pid(paths, cfg, pid, why):
     _may(cfg, paths)
-    start = clock.process_start_ticks(pid, paths.proc) if pid > 0 else None
+    start = evidence.runs(pid, paths.proc) if pid > 0 else None
     if start is None:
         raise ReaperError(f"--pid {pid}: no such process")
     owner = evidence.process_uid(pid, paths.proc)

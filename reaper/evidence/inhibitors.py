@@ -16,7 +16,7 @@ import time
 
 from reaper import clock
 from reaper.escape import escape
-from reaper.evidence import activity
+from reaper.evidence import activity, monitor
 from reaper.state import inhibitors as files
 
 KIND = "inhibitor"
@@ -73,9 +73,18 @@ def process_uid(pid, proc):
     return None
 
 
+def runs(pid, proc):
+    """Return the start time (clock ticks) of a process that runs, or None if it is gone or a zombie (it has
+    exited: only its parent has yet to reap it, which an orphan's may never do)."""
+    fields = monitor.stat_fields(pid, proc)
+    if fields is None or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
 def follows(record, proc):
     """True if the process the record follows still runs: the same pid with the same start time."""
-    return clock.process_start_ticks(record["pid"], proc) == record["pid_start"]
+    return runs(record["pid"], proc) == record["pid_start"]
 
 
 def to_activity(entry, user, cfg, now, proc):

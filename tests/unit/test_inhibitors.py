@@ -133,6 +133,21 @@ def test_an_end_written_by_the_holder_is_when_it_ended_and_counts_as_activity(pa
     assert "ended" in d.last_activity
 
 
+def test_a_zombie_has_ended_whoever_is_to_reap_it(paths):
+    child = subprocess.Popen(["true"])
+    try:
+        start = evidence.monitor.stat_fields(child.pid)[19]
+        put(paths, record(how="pid", until=None, pid=child.pid, pid_start=int(start)))
+        give_up = time.monotonic() + 5
+        while evidence.monitor.stat_fields(child.pid)[0] != b"Z" and time.monotonic() < give_up:
+            time.sleep(0.01)
+        now = clock.now()
+        (a,) = evidence.gather(paths, cfg(), now)[0]
+        assert a.end(now) == now, "exited, not yet reaped: it has ended"
+    finally:
+        child.wait()
+
+
 def test_an_inhibitor_following_a_process_lasts_while_it_runs_and_a_reused_pid_does_not_extend_it(paths):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
