@@ -17,7 +17,7 @@ from reaper.config.durations import format_seconds
 from reaper.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, ReaperError
 from reaper.evidence import activity, ssh
 from reaper.log import logger
-from reaper.state import leases
+from reaper.state import inhibitors, leases
 
 # After the deadline, sleep this much longer so a check right at the boundary doesn't see 0.0001 s left.
 WAKE_SLACK = 0.05
@@ -196,7 +196,7 @@ def _stamp(state_dir):
     except OSError:
         return None
     try:
-        held = os.stat(os.path.join(state_dir, "inhibitors")).st_mtime_ns
+        held = os.stat(inhibitors.dir_path(state_dir)).st_mtime_ns
     except OSError:
         held = None
     return (st.st_ino, st.st_mtime_ns, st.st_size, tuple(names), held)

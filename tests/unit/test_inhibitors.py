@@ -101,7 +101,7 @@ def test_a_written_inhibitor_holds_and_the_state_is_inhibited(paths):
     now = clock.now()
     d = decision.decide(cfg(), now, 0.0, None, Evidence([], [], checked=True), activities=found)
     assert d.state == decision.INHIBITED and "\x1b" not in d.reason and "\\x1b" in d.reason
-    assert 99 - 2 < d.next_check <= 100
+    assert 90 < d.next_check <= 100
 
 
 def test_the_cap_ends_an_inhibitor_max_inhibit_after_it_began(paths):
