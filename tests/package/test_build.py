@@ -3,9 +3,15 @@
 
 import ast
 import configparser
+import datetime
+import email.utils
+import gzip
+import io
 import re
+import shlex
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -18,6 +24,7 @@ from tests.package.conftest import PACKAGE
 PACKAGING = REPO / "packaging"
 DEBIAN = PACKAGING / "debian"
 MANPAGE = PACKAGING / "idle-reaper.8"
+INSTALLED_MANPAGE = "./usr/share/man/man8/idle-reaper.8.gz"
 SAMPLE_CONFIG = PACKAGING / "config.yaml"
 PRIVATE = "./usr/share/idle-reaper/"
 # What pam_exec runs (packaging/pam-configs/idle-reaper): the static launcher of the Python hook.
@@ -294,9 +301,41 @@ def test_man_page_documents_every_key_exit_code_status_field_and_option():
         assert option in text, option
 
 
-def test_man_page_names_the_code_version():
-    (title,) = [line for line in MANPAGE.read_text().splitlines() if line.startswith(".TH ")]
-    assert f'"idle-reaper {reaper.__version__}"' in title
+def _title(text):
+    """Return the fields of a man page's .TH line: name, section, date, source, manual."""
+    (title,) = [line for line in text.splitlines() if line.startswith(".TH ")]
+    return shlex.split(title.replace("\\-", "-"))[1:]
+
+
+def _from_deb(deb, path):
+    """Return the contents of a gzipped file in the .deb (path as dpkg-deb lists it), decompressed, as text."""
+    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        return gzip.decompress(archive.extractfile(path).read()).decode()
+
+
+def test_man_page_leaves_its_date_and_version_to_the_build():
+    # packaging/build-deb fills them from debian/changelog; a hand-kept value would drift.
+    title = _title(MANPAGE.read_text())
+    assert title == ["IDLE-REAPER", "8", "@DATE@", "idle-reaper @VERSION@", "System Administration"]
+
+
+def test_man_page_names_the_code_version(deb):
+    title = _title(_from_deb(deb.deb, INSTALLED_MANPAGE))
+    assert title[3] == f"idle-reaper {reaper.__version__}"
+
+
+@pytest.mark.parametrize("build", ["deb", "deb_upgrade"])
+def test_built_man_page_has_the_changelog_entrys_version_and_date(request, build):
+    # The tree's entry, and the one build-deb --version adds (dated at build time): each build's own.
+    built = request.getfixturevalue(build)
+    changelog = _from_deb(built.deb, "./usr/share/doc/idle-reaper/changelog.gz")
+    version = re.match(r"idle-reaper \(([^)]+)\) ", changelog)[1]
+    trailer = next(line for line in changelog.splitlines() if line.startswith(" -- "))
+    date = email.utils.parsedate_to_datetime(trailer.split("  ", 1)[1]).astimezone(datetime.UTC).date()
+    title = _title(_from_deb(built.deb, INSTALLED_MANPAGE))
+    assert (title[2], title[3]) == (date.isoformat(), f"idle-reaper {version}")
+    assert version == built.version
 
 
 def test_man_page_renders_without_warnings():
