@@ -9,14 +9,14 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-# Everything the tests, the demo and the package build use, from Debian. A minimal Debian has no compiler:
-# musl-tools builds the hook's static launcher, gcc and libc6-dev a test library, and dpkg-buildpackage
-# checks for build-essential.
-APT_PACKAGES := python3 python3-venv python3-yaml python3-filelock python3-humanfriendly \
+# What the package build needs, from Debian. A minimal Debian has no compiler: musl-tools builds the hook's
+# static launcher, and dpkg-buildpackage checks for build-essential. `make deb` installs only these.
+BUILD_PACKAGES := debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject dpkg-dev fakeroot \
+	build-essential musl-tools
+# Everything the tests, the demo and the benchmarks use besides (gcc and libc6-dev build a test library).
+APT_PACKAGES := $(BUILD_PACKAGES) python3 python3-venv python3-yaml python3-filelock python3-humanfriendly \
 	openssh-server openssh-client pamtester iproute2 procps util-linux passwd \
-	debootstrap systemd-container systemd \
-	debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject dpkg-dev fakeroot lintian groff-base \
-	build-essential gcc libc6-dev musl-tools \
+	debootstrap systemd-container systemd lintian groff-base gcc libc6-dev \
 	hyperfine
 
 # The hook's launcher built for this checkout: what the tests and the benchmarks give pam_exec. It execs
@@ -26,7 +26,7 @@ LAUNCHER_SOURCE := hooks/pam-session-launch.c
 LAUNCHER := build/hook/pam-session-launch
 LAUNCHER_HOOK := $(CURDIR)/hooks/pam-session
 
-.PHONY: help deps venv launcher lint test test-unit test-integration reliability deb demo bench clean
+.PHONY: help deps deb-deps venv launcher lint test test-unit test-integration reliability deb demo bench clean
 
 help:
 	@echo "make demo   boot a throwaway Debian with the package, connect, disconnect, watch it power off"
@@ -35,14 +35,22 @@ help:
 	@echo "make bench  measure login overhead, tick cost and deadline precision (see BENCHMARKS.md)"
 	@echo "make reliability  the fault and load suite at full counts (see RELIABILITY.md)"
 
-deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+# Install what is missing of a package list (needs root; apt-get update once first).
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing:" $$missing; \
 		[ "$$(id -u)" = 0 ] || { echo "installing Debian packages needs root"; exit 1; }; \
 		apt-get update -qq; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+deps:
+	$(call apt_install,$(APT_PACKAGES))
+
+deb-deps:
+	$(call apt_install,$(BUILD_PACKAGES))
 
 $(VENV)/.stamp: setup.cfg pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
@@ -65,9 +73,22 @@ lint: venv
 
 # Tiers, fastest first: logic, then a real sshd and PAM stack, faults and load, the package, a booted systemd.
 TIERS := tests/unit tests/integration tests/reliability tests/package tests/system
+LOCAL_TIERS := tests/unit tests/integration tests/reliability
+MACHINE_TIERS := tests/package tests/system
 
+# Two runs at once, as much of the package and system tiers is waiting for booted machines' clocks. The
+# logic, sshd and fault tiers run in a network namespace of their own (loopback only): machines the other
+# tiers boot share this host's network, and their SSH sessions would be seen by these tiers' live checks.
+# The package and system tiers stay here: a cold cache fetches their images from Debian's archive.
 test: deps venv lint launcher
-	$(VPY) -m pytest $(TIERS)
+	@mkdir -p build
+	@unshare --net sh -c 'ip link set lo up && exec $(VPY) -m pytest -p no:cacheprovider $(LOCAL_TIERS)' \
+		> build/test-local.log 2>&1 & local=$$!; \
+	machines=0; $(VPY) -m pytest $(MACHINE_TIERS) || machines=$$?; \
+	localrc=0; wait $$local || localrc=$$?; \
+	echo "== $(LOCAL_TIERS) (in a network namespace of their own; log: build/test-local.log)"; \
+	cat build/test-local.log; \
+	[ $$machines -eq 0 ] && [ $$localrc -eq 0 ]
 
 test-unit: venv launcher
 	$(VPY) -m pytest tests/unit
@@ -79,7 +100,7 @@ test-integration: deps venv launcher
 reliability: deps venv launcher
 	IDLE_REAPER_FULL=1 $(VPY) -m pytest -v -s tests/reliability
 
-deb: deps
+deb: deb-deps
 	@mkdir -p build
 	@echo "building the Debian package (log: build/deb.log)"
 	@packaging/build-deb dist > build/deb.log 2>&1 || { tail -n 40 build/deb.log; exit 1; }
