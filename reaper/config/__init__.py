@@ -108,14 +108,18 @@ def _cached(cache_dir, key, path):
             ignore_keys=frozenset(c["ignore_keys"]),
             action=tuple(c["action"]),
             dstack=c["dstack"],
+            max_duration=c["max_duration"],
+            max_duration_grace=c["max_duration_grace"],
+            notice=c["notice"],
         )
     except (OSError, leases.StateError, KeyError, TypeError, ValueError):
         return None
-    ints = (config.min_session, *(() if config.inactivity_duration is None else (config.inactivity_duration,)))
+    optional = (config.inactivity_duration, config.max_duration, config.max_duration_grace)
+    ints = (config.min_session, *(n for n in optional if n is not None))
     texts = (*config.services, *config.ignore_users, *config.ignore_keys, *config.action)
     if not all(type(n) is int for n in ints) or not all(type(t) is str for t in texts):
         return None
-    if type(config.dstack) is not bool:
+    if type(config.dstack) is not bool or type(config.notice) is not bool:
         return None
     return config
 
@@ -133,6 +137,9 @@ def _keep(cache_dir, key, config):
             "ignore_keys": sorted(config.ignore_keys),
             "action": list(config.action),
             "dstack": config.dstack,
+            "max_duration": config.max_duration,
+            "max_duration_grace": config.max_duration_grace,
+            "notice": config.notice,
         },
     }
     try:

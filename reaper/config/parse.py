@@ -116,7 +116,22 @@ def _from_own(path, top, errors):
         action = _action(top["action"][1], errors)
         if action:
             values["action"] = action
+    if "max_duration" in top:
+        values["max_duration"] = _duration(top["max_duration"][1], "max_duration", errors)
+    if "max_duration_grace" in top:
+        values["max_duration_grace"] = _duration(top["max_duration_grace"][1], "max_duration_grace", errors)
+    if "notice" in top:
+        values["notice"] = _switch(top["notice"][1], "notice", errors)
     return Config(path=path, inactivity_duration=inactivity, **values)
+
+
+def _switch(node, key, errors):
+    """on/off (YAML 1.1 reads both, and true/false, as booleans). Return the bool, or True if invalid."""
+    value = _scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    if type(value) is not bool:
+        errors.add(node, key, f"{_kind(node)} is not on or off", ALLOWED[key])
+        return True
+    return value
 
 
 def _duration(node, key, errors):

@@ -18,6 +18,9 @@ class Config(NamedTuple):  # NamedTuples here and elsewhere: `dataclasses` impor
     ignore_keys: frozenset = frozenset()
     action: tuple = POWEROFF
     dstack: bool = False  # read from a dstack dev-environment file
+    max_duration: int | None = None  # seconds from boot, None when off
+    max_duration_grace: int | None = 1800  # seconds past max_duration a connected user gets, None: no limit
+    notice: bool = True  # write the login notice
 
     @property
     def action_name(self):
@@ -64,9 +67,32 @@ SCHEMA = (
         "What to run when the machine has been idle for inactivity_duration.",
         'poweroff, or a command as a list run without a shell, e.g. ["/usr/local/bin/stop-me", "--now"]',
     ),
+    Option(
+        "max_duration",
+        "off",
+        "A hard cap on how long the machine runs, counted from its boot: once reached the action runs, whatever"
+        " inactivity_duration says (connected users get max_duration_grace first). dstack's max_duration.",
+        "off or a duration as for inactivity_duration, e.g. 12h",
+    ),
+    Option(
+        "max_duration_grace",
+        "30m",
+        "Once max_duration is reached, how long the action waits for counted sessions to end; when it is over"
+        " the action runs anyway. off: wait for the last session however long.",
+        "off (never cut a connected user off) or a duration as for inactivity_duration",
+    ),
+    Option(
+        "notice",
+        "on",
+        "Show the policy and the state at every interactive SSH login (a file in /run/motd.d that pam_motd shows).",
+        "on or off",
+    ),
 )
 ALLOWED = {o.key: o.allowed for o in SCHEMA}
-TOP_KEYS = ("inactivity_duration", "min_session", "services", "ignore", "action")
+TOP_KEYS = (
+    "inactivity_duration", "min_session", "services", "ignore", "action", "max_duration", "max_duration_grace",
+    "notice",
+)  # fmt: skip
 IGNORE_KEYS = ("users", "networks", "keys")
 
 
