@@ -67,10 +67,9 @@ def get_parser():
 def _paths(args):
     from reaper.observe import Paths
 
-    return Paths(
-        config=config.default_path(args.config, os.environ),
-        state_dir=args.state_dir or os.environ.get(defaults.STATE_DIR_ENV) or defaults.STATE_DIR,
-    )
+    state_dir = args.state_dir or os.environ.get(defaults.STATE_DIR_ENV) or defaults.STATE_DIR
+    motd_dir = os.environ.get(defaults.MOTD_DIR_ENV) or (defaults.MOTD_DIR if state_dir == defaults.STATE_DIR else None)
+    return Paths(config=config.default_path(args.config, os.environ), state_dir=state_dir, motd_dir=motd_dir)
 
 
 # Each subcommand is a module of reaper.commands with handle(args, paths) -> exit code, imported only when run.

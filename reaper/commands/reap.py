@@ -133,10 +133,32 @@ def evaluate(paths, cfg):
         changed |= _note_unclear(memory, result, now)
         changed |= _remember_end(memory, result, now)
         activity.tidy_all(paths, result.activities, now)
+        changed |= _update_notice(paths, cfg, result, memory)
         memory["tick"] = now
         if changed or problem or raw is None or state["merged"]:
             leases.commit(paths.state_dir, state)
     return result
+
+
+def _update_notice(paths, cfg, result, memory):
+    """Write the login notice if its text changed (actions.notice). A failure is logged once, not every tick,
+    and never stops the tick. Return True if the memory changed."""
+    if paths.motd_dir is None:
+        return False
+    from reaper.actions import notice
+
+    try:
+        if notice.write(paths.motd_dir, notice.text(cfg, result, notice.clock(time.time()))):
+            logger.debug("login notice updated")
+        error = None
+    except OSError as e:
+        error = f"cannot write the login notice in {paths.motd_dir}: {e.strerror}"
+    if error == memory.get("notice_error"):
+        return False
+    if error:
+        logger.warning(error)
+    memory["notice_error"] = error
+    return True
 
 
 def _remember_end(memory, result, now):
@@ -178,11 +200,13 @@ def _note_unclear(memory, result, now):
     return True
 
 
-def _record_action(paths, idle_since, when):
+def _record_action(paths, result, when):
     with _StateLock(paths.state_dir, paths.proc):
         state = leases.load(paths.state_dir, clock.boot_key(paths.proc))
-        state["reaper"]["acted_for"] = idle_since
+        state["reaper"]["acted_for"] = result.idle_since
         state["reaper"]["acted_at"] = when
+        if result.cause == decision.MAX_DURATION:
+            state["reaper"]["acted_cap"] = True  # the cap acts once per boot
         leases.commit(paths.state_dir, state)
 
 
@@ -226,7 +250,7 @@ def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):
                 logger.error(f"{e}; the next tick tries again")
                 raise ReaperError(str(e), EXIT_FAILED) from None
             logger.info(f"the action finished{': ' + output if output else ''}")
-            _record_action(paths, result.idle_since, clock.now())
+            _record_action(paths, result, clock.now())
             return EXIT_OK
         if dry_run:
             logger.info(f"dry run: {decision.summary(result)}")

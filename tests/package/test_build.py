@@ -212,13 +212,16 @@ def test_service_keeps_what_the_reaper_needs():
     assert "AF_UNIX" in s["RestrictAddressFamilies"].split()
 
 
-def test_tmpfiles_entry_gives_the_state_dir_its_modes():
+def test_tmpfiles_entries_give_the_state_dir_and_the_notice_dir_their_modes():
     entries = [
         line.split()
         for line in (DEBIAN / "idle-reaper.tmpfiles").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    assert entries == [["d", "/run/idle-reaper", "0755", "root", "root", "-"]]
+    assert entries == [
+        ["d", "/run/idle-reaper", "0755", "root", "root", "-"],
+        ["d", "/run/motd.d", "0755", "root", "root", "-"],
+    ]
 
 
 def test_sample_config_and_man_page_are_in_step_with_the_schema():
