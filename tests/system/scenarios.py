@@ -345,3 +345,111 @@ def assert_powered_off_on_time(name, r, late_ok=LATE_OK):
     assert t.action_late >= -CLOCK_SLACK, f"it acted early: {why}"
     assert t.late >= 0, f"it was gone early: {why}"
     assert t.late <= late_ok, f"it powered off more than {late_ok}s late: {why}"
+
+
+# --- the login notice and max_duration (issue 12) ---------------------------------------------------------------
+
+NOTICE_DURATION = 600  # long: the notice machine must stay up through its logins
+CAP = 40  # max_duration, seconds from boot
+GRACE = 20  # max_duration_grace
+
+
+def interactive_login(m, user):
+    """Log in as a person does (a pty, no command), type exit, and return what the terminal showed."""
+    done = subprocess.run(  # noqa: S603 - the harness's own ssh argv
+        [*m.ssh_argv(user, "-tt")], input="exit\n", capture_output=True, text=True, timeout=30, check=False
+    )
+    return done.stdout
+
+
+def notice_file(m):
+    done = m.inside(["cat", "/run/motd.d/idle-reaper"], check=False)
+    return done.stdout if done.returncode == 0 else None
+
+
+def wait_notice(m, predicate, timeout=30):
+    """Wait until the notice file satisfies predicate(text or None); return the text."""
+    give_up = now() + timeout
+    while True:
+        text = notice_file(m)
+        if predicate(text) or now() > give_up:
+            return text
+        time.sleep(0.2)
+
+
+def tick(m):
+    """Run a tick now, as the timer would (it returns at once: no deadline is near)."""
+    m.inside(["systemctl", "start", "idle-reaper.service"])
+
+
+@scenario
+def login_notice(image):
+    """Logins show the notice; it follows the state: idle, then in use while a session is held, then off."""
+    r = SimpleNamespace()
+    with image.machine(config(duration=f"{NOTICE_DURATION}s")) as m:
+        m.boot()
+        tick(m)
+        r.file_idle = wait_notice(m, lambda t: t is not None and "Now: idle" in t)
+        r.mode = m.inside(["stat", "-c", "%a %U", "/run/motd.d/idle-reaper"], check=False).stdout.strip()
+        r.login_idle = interactive_login(m, "dev")
+        session = m.ssh("dev2")
+        sleep_until(now() + MIN_SESSION + 1)
+        r.file_active = wait_notice(m, lambda t: t is not None and "in use" in t)
+        r.login_active = interactive_login(m, "dev")
+        session.close()
+        r.file_after = wait_notice(m, lambda t: t is not None and "Now: idle" in t)
+        m.write_config(config(duration=f"{NOTICE_DURATION}s", extra="notice: off\n"))
+        tick(m)
+        r.file_off = wait_notice(m, lambda t: t is None)
+        r.login_off = interactive_login(m, "dev")
+        r.journal = m.journal_text()
+    return r
+
+
+@scenario
+def max_duration_nobody(image):
+    """max_duration: 60s, inactivity_duration off, nobody connects: it powers off 60 s after boot."""
+    r = SimpleNamespace()
+    with image.machine("inactivity_duration: off\nmax_duration: 60s\n") as m:
+        m.boot()
+        r.booted = m.booted
+        sleep_until(m.booted + 20)
+        r.status = m.status()
+        r.status_at = now()
+        r.timing = m.wait_poweroff(m.booted + 60)
+        r.journal = m.journal_text()
+    return r
+
+
+def _capped_with_a_user(image, leave_at):
+    """max_duration CAP with a shell session held from boot; the user leaves at leave_at (from boot) or never."""
+    r = SimpleNamespace()
+    text = config(duration=f"{NOTICE_DURATION}s", extra=f"max_duration: {CAP}s\nmax_duration_grace: {GRACE}s\n")
+    with image.machine(text) as m:
+        m.boot()
+        r.booted = m.booted
+        session = m.ssh("dev")
+        sleep_until(m.booted + CAP + 3)
+        r.status_grace = m.status()
+        r.up_in_grace = m.running
+        if leave_at is not None:
+            sleep_until(m.booted + leave_at)
+            session.close()
+            r.left = m.session_end("dev")
+            r.timing = m.wait_poweroff(r.left)
+        else:
+            r.timing = m.wait_poweroff(m.booted + CAP + GRACE)
+        r.journal = m.journal_text()
+    return r
+
+
+@scenario
+def max_duration_user_leaves(image):
+    """The cap passes with a user connected; they leave in the grace: the action runs when they leave."""
+    return _capped_with_a_user(image, CAP + GRACE // 2)
+
+
+@scenario
+def max_duration_grace_ends(image):
+    """The cap passes with a user connected who stays: the action runs when the grace ends."""
+    return _capped_with_a_user(image, None)

@@ -1,0 +1,59 @@
+"""Issue 12 on a booted machine: the login notice, and max_duration with its grace."""
+
+import pytest
+
+from tests.system.scenarios import CAP, GRACE, assert_powered_off_on_time
+
+pytestmark = pytest.mark.system
+
+POLICY = "idle-reaper: this machine powers off after 10m with nobody connected over SSH."
+
+
+@pytest.mark.scenario("login_notice")
+def test_an_interactive_login_shows_the_notice_and_it_follows_the_state(scenario):
+    r = scenario
+    why = f"\njournal:\n{r.journal}"
+    assert r.mode == "644 root", r.mode
+    assert r.file_idle.splitlines()[0] == POLICY, r.file_idle + why
+    assert POLICY in r.login_idle and "Now: idle, set to stop at" in r.login_idle, r.login_idle + why
+    assert "idle-reaper inhibit" in r.login_idle
+    assert "Now: in use (1 connected)" in r.file_active, r.file_active + why
+    assert "Now: in use (1 connected)" in r.login_active, r.login_active + why
+    assert "Now: idle" in r.file_after, r.file_after + why
+
+
+@pytest.mark.scenario("login_notice")
+def test_notice_off_removes_it(scenario):
+    assert scenario.file_off is None, scenario.file_off
+    assert "idle-reaper:" not in scenario.login_off, scenario.login_off
+
+
+@pytest.mark.scenario("max_duration_nobody")
+def test_max_duration_60s_with_nobody_connected_powers_off_on_time(scenario):
+    r = scenario
+    assert r.status["state"] == "disabled" and r.status["max_duration"] == 60, r.status
+    predicted = r.status_at + r.status["max_duration_seconds_left"]
+    assert abs(predicted - (r.booted + 60)) <= 1.5, r.status
+    assert r.status["seconds_until_action"] == r.status["max_duration_seconds_left"]
+    assert_powered_off_on_time("max_duration 60s, nobody connected", r)
+
+
+def _assert_waited_in_the_grace(r):
+    s = r.status_grace
+    assert r.up_in_grace, f"it powered off at the cap under a connected user: {r.timing.describe()}\n{r.journal}"
+    assert s["state"] == "active" and s["max_duration_seconds_left"] == 0, s
+    assert 0 < s["grace_seconds_left"] <= GRACE - 2, s
+    assert s["max_duration_grace"] == GRACE
+
+
+@pytest.mark.scenario("max_duration_user_leaves")
+def test_max_duration_with_a_user_waits_and_acts_when_they_leave(scenario):
+    _assert_waited_in_the_grace(scenario)
+    assert_powered_off_on_time("max_duration: the user leaves in the grace", scenario, late_ok=2.0)
+
+
+@pytest.mark.scenario("max_duration_grace_ends")
+def test_max_duration_with_a_user_who_stays_acts_when_the_grace_ends(scenario):
+    _assert_waited_in_the_grace(scenario)
+    assert scenario.timing.deadline - scenario.booted == CAP + GRACE
+    assert_powered_off_on_time("max_duration: the grace ends", scenario, late_ok=2.0)
