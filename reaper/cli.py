@@ -61,6 +61,9 @@ def get_parser():
     reap.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub.add_parser("check-config", help="validate the config file; print each problem and exit 3 if any")
     sub.add_parser("run-action", help="run the configured action now (what idle-reaper-action.service runs)")
+    warn = sub.add_parser("warn-terminals", help="(internal) write a warning on these SSH sessions' terminals")
+    warn.add_argument("--message", required=True, help="the text to write")
+    warn.add_argument("pids", metavar="PID", type=int, nargs="+", help="the sshd process of each session")
     return parser
 
 
@@ -73,14 +76,17 @@ def _paths(args):
 
 
 # Each subcommand is a module of reaper.commands with handle(args, paths) -> exit code, imported only when run.
-COMMANDS = {"status": "status", "reap": "reap", "check-config": "check_config", "run-action": "run_action"}
+COMMANDS = {"status": "status", "reap": "reap", "check-config": "check_config", "run-action": "run_action",
+            "warn-terminals": "warn_terminals"}  # fmt: skip
 
 
 def main(argv=None):
     from reaper import log
 
     args = get_parser().parse_args(argv)
-    log.setup(verbose=getattr(args, "verbose", False), to_syslog=args.command in ("reap", "run-action"))
+    log.setup(
+        verbose=getattr(args, "verbose", False), to_syslog=args.command in ("reap", "run-action", "warn-terminals")
+    )
     paths = _paths(args)
     try:
         import importlib

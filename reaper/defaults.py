@@ -33,6 +33,9 @@ MOTD_DIR_ENV = "IDLE_REAPER_MOTD_DIR"
 NOTICE_FILE = "idle-reaper"
 NOTICE_MODE = 0o644  # pam_motd reads it with the user's credentials
 
+# Pre-action hooks: executables in this directory next to the config (/etc/idle-reaper/pre-action.d).
+PRE_ACTION_DIR_NAME = "pre-action.d"
+
 SYSLOG_IDENT = "idle-reaper"
 
 PROC = "/proc"

@@ -63,12 +63,12 @@ def _now(cfg, d, clock_at):
     return "Now: unknown, so nothing is stopped until the reaper can tell (see idle-reaper status)."
 
 
-def clock(now_wall):
+def clock(now_wall, form="%H:%M %Z"):
     """Return clock_at for text(): seconds from now as local wall-clock time, to the minute (display only)."""
     from datetime import UTC, datetime
 
     def clock_at(seconds):
-        return datetime.fromtimestamp(now_wall + seconds, tz=UTC).astimezone().strftime("%H:%M %Z")
+        return datetime.fromtimestamp(now_wall + seconds, tz=UTC).astimezone().strftime(form)
 
     return clock_at
 

@@ -111,11 +111,12 @@ def _cached(cache_dir, key, path):
             max_duration=c["max_duration"],
             max_duration_grace=c["max_duration_grace"],
             notice=c["notice"],
+            pre_action_timeout=c["pre_action_timeout"],
         )
     except (OSError, leases.StateError, KeyError, TypeError, ValueError):
         return None
     optional = (config.inactivity_duration, config.max_duration, config.max_duration_grace)
-    ints = (config.min_session, *(n for n in optional if n is not None))
+    ints = (config.min_session, config.pre_action_timeout, *(n for n in optional if n is not None))
     texts = (*config.services, *config.ignore_users, *config.ignore_keys, *config.action)
     if not all(type(n) is int for n in ints) or not all(type(t) is str for t in texts):
         return None
@@ -140,6 +141,7 @@ def _keep(cache_dir, key, config):
             "max_duration": config.max_duration,
             "max_duration_grace": config.max_duration_grace,
             "notice": config.notice,
+            "pre_action_timeout": config.pre_action_timeout,
         },
     }
     try:

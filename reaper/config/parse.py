@@ -122,6 +122,14 @@ def _from_own(path, top, errors):
         values["max_duration_grace"] = _duration(top["max_duration_grace"][1], "max_duration_grace", errors)
     if "notice" in top:
         values["notice"] = _switch(top["notice"][1], "notice", errors)
+    if "pre_action_timeout" in top:
+        node, before = top["pre_action_timeout"][1], len(errors.lines)
+        timeout = _duration(node, "pre_action_timeout", errors)
+        if timeout is not None:
+            values["pre_action_timeout"] = timeout
+        elif len(errors.lines) == before:
+            errors.add(node, "pre_action_timeout", "off is not allowed: a hook that hangs must be cut off",
+                       ALLOWED["pre_action_timeout"])  # fmt: skip
     return Config(path=path, inactivity_duration=inactivity, **values)
 
 

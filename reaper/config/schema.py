@@ -21,6 +21,7 @@ class Config(NamedTuple):  # NamedTuples here and elsewhere: `dataclasses` impor
     max_duration: int | None = None  # seconds from boot, None when off
     max_duration_grace: int | None = 1800  # seconds past max_duration a connected user gets, None: no limit
     notice: bool = True  # write the login notice
+    pre_action_timeout: int = 60  # seconds each pre-action hook may take
 
     @property
     def action_name(self):
@@ -87,11 +88,18 @@ SCHEMA = (
         "Show the policy and the state at every interactive SSH login (a file in /run/motd.d that pam_motd shows).",
         "on or off",
     ),
+    Option(
+        "pre_action_timeout",
+        "60s",
+        "How long each executable in /etc/idle-reaper/pre-action.d/ may run before the action; one that takes"
+        " longer is stopped, logged, and the action still runs.",
+        "a duration as for inactivity_duration (not off)",
+    ),
 )
 ALLOWED = {o.key: o.allowed for o in SCHEMA}
 TOP_KEYS = (
     "inactivity_duration", "min_session", "services", "ignore", "action", "max_duration", "max_duration_grace",
-    "notice",
+    "notice", "pre_action_timeout",
 )  # fmt: skip
 IGNORE_KEYS = ("users", "networks", "keys")
 

@@ -9,7 +9,9 @@ The timer's first tick comes 15 s after boot (OnActiveSec=15s). With DURATION 20
 judged by that tick, which sleeps until the deadline.
 """
 
+import os
 import subprocess
+import threading
 import time
 from types import SimpleNamespace
 
@@ -421,24 +423,66 @@ def max_duration_nobody(image):
     return r
 
 
+# Test-only lead times for the warnings (reaper.actions.warn.LEADS_ENV), in a drop-in for the tick's unit.
+LEADS = (30, 15, 5)
+WARN_DROPIN = "etc/systemd/system/idle-reaper.service.d/test-leads.conf"
+
+
+class PtySession:
+    """An interactive login with a terminal (ssh -tt) that runs nothing; what its terminal shows is timestamped."""
+
+    def __init__(self, m, user):
+        self.proc = subprocess.Popen(  # noqa: S603 - the harness's own ssh argv
+            [*m.ssh_argv(user, "-tt"), "exec sleep 600"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.chunks = []  # (CLOCK_BOOTTIME, text)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        while chunk := os.read(self.proc.stdout.fileno(), 4096):
+            self.chunks.append((now(), chunk.decode(errors="replace")))
+
+    def warnings(self):
+        """Return [(CLOCK_BOOTTIME, the warning's first line)] for each warning the terminal showed."""
+        out = []
+        for at, text in self.chunks:
+            out += [(at, line.strip()) for line in text.splitlines() if line.startswith("*** idle-reaper:")]
+        return out
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.reader.join(5)
+
+
 def _capped_with_a_user(image, leave_at):
-    """max_duration CAP with a shell session held from boot; the user leaves at leave_at (from boot) or never."""
+    """max_duration CAP with a terminal session held from boot; the user leaves at leave_at (from boot) or never."""
     r = SimpleNamespace()
     text = config(duration=f"{NOTICE_DURATION}s", extra=f"max_duration: {CAP}s\nmax_duration_grace: {GRACE}s\n")
     with image.machine(text) as m:
+        dropin = m.root / WARN_DROPIN
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        dropin.write_text(f"[Service]\nEnvironment=IDLE_REAPER_WARN_LEADS={','.join(map(str, LEADS))}\n")
         m.boot()
         r.booted = m.booted
-        session = m.ssh("dev")
-        sleep_until(m.booted + CAP + 3)
-        r.status_grace = m.status()
-        r.up_in_grace = m.running
-        if leave_at is not None:
-            sleep_until(m.booted + leave_at)
+        session = PtySession(m, "dev")
+        try:
+            sleep_until(m.booted + CAP + 3)
+            r.status_grace = m.status()
+            r.up_in_grace = m.running
+            if leave_at is not None:
+                sleep_until(m.booted + leave_at)
+                session.close()
+                r.left = m.session_end("dev")
+                r.timing = m.wait_poweroff(r.left)
+            else:
+                r.timing = m.wait_poweroff(m.booted + CAP + GRACE)
+        finally:
             session.close()
-            r.left = m.session_end("dev")
-            r.timing = m.wait_poweroff(r.left)
-        else:
-            r.timing = m.wait_poweroff(m.booted + CAP + GRACE)
+        r.warnings = session.warnings()
         r.journal = m.journal_text()
     return r
 

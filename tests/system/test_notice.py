@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.system.scenarios import CAP, GRACE, assert_powered_off_on_time
+from tests.system.scenarios import CAP, GRACE, LEADS, assert_powered_off_on_time
 
 pytestmark = pytest.mark.system
 
@@ -46,9 +46,21 @@ def _assert_waited_in_the_grace(r):
     assert s["max_duration_grace"] == GRACE
 
 
+def _assert_warned(r, leads):
+    """The user's terminal got one warning per lead time, each on time (first: at the cap, for the whole grace)."""
+    why = f"{r.warnings}\n{r.journal}"
+    assert len(r.warnings) == len(leads), why
+    deadline = r.booted + CAP + GRACE
+    for (at, line), lead in zip(r.warnings, leads, strict=True):
+        left = min(lead, GRACE)
+        assert f"powers off in {left}s" in line, why
+        assert deadline - left - 0.1 <= at <= deadline - left + 2.0, (at - r.booted, lead, why)
+
+
 @pytest.mark.scenario("max_duration_user_leaves")
 def test_max_duration_with_a_user_waits_and_acts_when_they_leave(scenario):
     _assert_waited_in_the_grace(scenario)
+    _assert_warned(scenario, [lead for lead in LEADS if scenario.booted + CAP + GRACE - lead < scenario.left])
     assert_powered_off_on_time("max_duration: the user leaves in the grace", scenario, late_ok=2.0)
 
 
@@ -56,4 +68,5 @@ def test_max_duration_with_a_user_waits_and_acts_when_they_leave(scenario):
 def test_max_duration_with_a_user_who_stays_acts_when_the_grace_ends(scenario):
     _assert_waited_in_the_grace(scenario)
     assert scenario.timing.deadline - scenario.booted == CAP + GRACE
+    _assert_warned(scenario, LEADS)
     assert_powered_off_on_time("max_duration: the grace ends", scenario, late_ok=2.0)
