@@ -349,15 +349,17 @@ def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):
                 # Decide again: someone may have logged in, or the config changed, while the hooks ran.
                 cfg = config.load(paths.config, cache_dir=paths.state_dir, keep=True)
                 result = evaluate(paths, cfg)
+                if not result.act:
+                    logger.warning(f"not running the action after the pre-action hooks: {decision.summary(result)}")
+                    return EXIT_SKIPPED if decision.unclear(result) else EXIT_OK
+                # A login during the hooks may be younger than min_session, which alone would not hold the
+                # action this late: it holds it until it counts.
                 young = _logins_since(paths, cfg, hooks_started)
                 if young:
                     logger.warning("not running the action: a session opened during the pre-action hooks;"
                                    " deciding again once it has been open for min_session")  # fmt: skip
                     sleep(max(young) + WAKE_SLACK)
                     continue
-                if not result.act:
-                    logger.warning(f"not running the action after the pre-action hooks: {decision.summary(result)}")
-                    return EXIT_SKIPPED if decision.unclear(result) else EXIT_OK
             logger.warning(f"running the action {list(cfg.action)}: {decision.summary(result)}")
             from reaper import actions  # subprocess: only a tick that acts needs it, not every tick
 

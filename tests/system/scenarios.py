@@ -497,3 +497,70 @@ def max_duration_user_leaves(image):
 def max_duration_grace_ends(image):
     """The cap passes with a user connected who stays: the action runs when the grace ends."""
     return _capped_with_a_user(image, None)
+
+
+# --- pre-action hooks ---------------------------------------------------------------------------------------------
+
+HOOKS_DIR = "etc/idle-reaper/pre-action.d"
+HOOK_TIMEOUT = 3  # pre_action_timeout in the hang scenario
+
+
+def put_hook(m, name, body):
+    path = m.root / HOOKS_DIR / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+def _hooked(image, hooks, extra=""):
+    """Nobody connects; the hooks run at the deadline, then the action."""
+    r = SimpleNamespace()
+    with image.machine(config(extra=extra)) as m:
+        for name, body in hooks.items():
+            put_hook(m, name, body)
+        m.boot()
+        r.booted = m.booted
+        r.timing = m.wait_poweroff(m.booted + DURATION, late_limit=HOOK_TIMEOUT + 30)
+        r.lines = m.journal_lines()
+        r.journal = m.journal_text()
+    return r
+
+
+@scenario
+def pre_action_hook(image):
+    """A hook that syncs a workspace runs before the action; what it prints is in the journal."""
+    body = (
+        'echo "syncing the workspace: cause=$IDLE_REAPER_CAUSE idle=$IDLE_REAPER_IDLE_SECONDS'
+        ' deadline=$IDLE_REAPER_DEADLINE"'
+    )
+    return _hooked(image, {"10-sync": body})
+
+
+@scenario
+def pre_action_hook_hangs(image):
+    """A hook that hangs is stopped at pre_action_timeout; the next hook and the action still run."""
+    hooks = {"10-hang": "echo hanging; exec sleep 600", "20-after": "echo after the hang"}
+    return _hooked(image, hooks, extra=f"pre_action_timeout: {HOOK_TIMEOUT}s\n")
+
+
+@scenario
+def pre_action_login(image):
+    """Someone logs in while the hooks run: the action does not run, and the machine stays up."""
+    r = SimpleNamespace()
+    with image.machine(config(extra="pre_action_timeout: 30s\n")) as m:
+        put_hook(m, "10-slow", "echo slow hook; sleep 6; echo slow hook done")
+        m.boot()
+        r.booted = m.booted
+        give_up = now() + DURATION + 30
+        while not any("running pre-action hook" in msg for _, _, msg in m.journal_lines()):
+            assert now() < give_up, m.journal_text()
+            time.sleep(0.2)
+        r.hook_seen = now()
+        session = m.ssh("dev")
+        r.logged_in = now()
+        sleep_until(r.hook_seen + 6 + MIN_SESSION + 3)
+        r.up = m.running
+        r.status = m.status() if r.up else None
+        session.close()
+        r.journal = m.journal_text()
+    return r

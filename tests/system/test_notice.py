@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.system.scenarios import CAP, GRACE, LEADS, assert_powered_off_on_time
+from tests.system.scenarios import CAP, GRACE, HOOK_TIMEOUT, LEADS, assert_powered_off_on_time
 
 pytestmark = pytest.mark.system
 
@@ -70,3 +70,42 @@ def test_max_duration_with_a_user_who_stays_acts_when_the_grace_ends(scenario):
     assert scenario.timing.deadline - scenario.booted == CAP + GRACE
     _assert_warned(scenario, LEADS)
     assert_powered_off_on_time("max_duration: the grace ends", scenario, late_ok=2.0)
+
+
+def _at(r, needle):
+    return next((at for at, _, msg in r.lines if needle in msg), None)
+
+
+@pytest.mark.scenario("pre_action_hook")
+def test_a_pre_action_hook_runs_before_the_action_and_its_output_is_in_the_journal(scenario):
+    r = scenario
+    why = r.journal
+    synced = _at(r, "syncing the workspace: cause=inactivity_duration idle=20 deadline=")
+    assert synced is not None, why
+    assert r.timing.action_at is not None and synced < r.timing.action_at, why
+    assert _at(r, "pre-action hook /etc/idle-reaper/pre-action.d/10-sync finished") is not None, why
+    assert r.timing.exited_at is not None, why
+
+
+@pytest.mark.scenario("pre_action_hook_hangs")
+def test_a_hook_that_hangs_is_cut_off_at_its_timeout_and_the_action_still_runs(scenario):
+    r = scenario
+    why = r.journal
+    started = _at(r, "running pre-action hook /etc/idle-reaper/pre-action.d/10-hang")
+    cut = _at(r, "10-hang timed out (pre_action_timeout 3s)")
+    assert started is not None and cut is not None, why
+    assert HOOK_TIMEOUT - 0.5 <= cut - started <= HOOK_TIMEOUT + 3, (cut - started, why)
+    after = _at(r, "after the hang")
+    assert after is not None and after > cut, why
+    assert r.timing.action_at is not None and r.timing.action_at > after, why
+    assert r.timing.exited_at is not None, why
+
+
+@pytest.mark.scenario("pre_action_login")
+def test_a_login_during_the_hooks_stops_the_action(scenario):
+    r = scenario
+    assert r.up, f"it powered off under a user who logged in during the hooks\n{r.journal}"
+    assert r.status["state"] == "active", r.status
+    # Still young when the hooks end (held until it counts), or already counted: either way, no action.
+    assert "not running the action" in r.journal, r.journal
+    assert "running the action [" not in r.journal, r.journal
