@@ -65,10 +65,10 @@ def _now(cfg, d, clock_at):
 
 def clock(now_wall, form="%H:%M %Z"):
     """Return clock_at for text(): seconds from now as local wall-clock time, to the minute (display only)."""
-    from datetime import UTC, datetime
+    import time  # time.strftime, not datetime: every tick calls this, and datetime costs an import
 
     def clock_at(seconds):
-        return datetime.fromtimestamp(now_wall + seconds, tz=UTC).astimezone().strftime(form)
+        return time.strftime(form, time.localtime(now_wall + seconds))
 
     return clock_at
 

@@ -11,7 +11,6 @@ the wait counts afresh from there.
 
 import os
 import time
-from datetime import UTC, datetime
 
 from reaper import clock, config, decision, defaults, observe, policy
 from reaper.config.durations import format_seconds
@@ -214,6 +213,8 @@ def _run_pre_action_hooks(paths, cfg, result):
     found, skipped = pre_action.hooks(directory)
     if not found and not skipped:
         return False
+    from datetime import UTC, datetime
+
     if result.cause == decision.MAX_DURATION:
         due_at = clock.boot_started(paths.proc) + cfg.max_duration
     else:
