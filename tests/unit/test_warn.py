@@ -78,3 +78,25 @@ def test_a_session_without_a_terminal_gets_nothing():
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_tick_marks_each_sessions_warnings_once_and_forgets_sessions_that_ended(monkeypatch):
+    from reaper.commands import reap
+    from tests.unit.test_decision import lease, state
+    from tests.unit.test_max_duration import BOOT_AT, CAP, at, capped
+
+    monkeypatch.delenv(warn.LEADS_ENV, raising=False)
+    c = capped()
+    st = state(open_=[lease(opened=BOOT_AT + 10, pid=100)])
+    memory, outbox = {}, []
+    d = at(c, BOOT_AT + CAP, st)  # 1800 s of grace left: the 30-minute warning
+    assert reap._due_warnings(c, st, d, memory, outbox) is True
+    assert outbox == [(1800, [100])] and memory["warned"] == {f"100/{BOOT_AT + 10}": [1800]}
+    outbox.clear()
+    assert reap._due_warnings(c, st, at(c, BOOT_AT + CAP + 60, st), memory, outbox) is False and outbox == []
+    assert reap._due_warnings(c, st, at(c, BOOT_AT + CAP + 1500, st), memory, outbox) is True
+    assert outbox == [(300, [100])]
+    assert reap._next_warning(c, at(c, BOOT_AT + CAP + 1500, st)) == 240
+    gone = state()
+    assert reap._due_warnings(c, gone, at(c, BOOT_AT + CAP + 1500, st), memory, []) is True
+    assert memory["warned"] == {}
