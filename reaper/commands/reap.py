@@ -240,6 +240,15 @@ def _logins_since(paths, cfg, since):
     return waits
 
 
+def _notice_wait(paths, cfg, result):
+    """While a new session is younger than min_session, the seconds until the first one counts: then the
+    state turns active, and the login notice says so without waiting for the timer. None otherwise."""
+    if not result.new_sessions or paths.motd_dir is None or not cfg.notice:
+        return None
+    waits = [w for w in _logins_since(paths, cfg, 0.0) if w > 0]
+    return min(waits) if waits else None
+
+
 def _update_notice(paths, cfg, result, memory):
     """Write the login notice if its text changed (actions.notice). A failure is logged once, not every tick,
     and never stops the tick. Return True if the memory changed."""
@@ -377,8 +386,9 @@ def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):
         if decision.unclear(result):
             return EXIT_SKIPPED
         next_check = result.next_check
-        if (warning := _next_warning(cfg, result)) is not None:
-            next_check = warning if next_check is None else min(next_check, warning)
+        for soon in (_next_warning(cfg, result), None if dry_run else _notice_wait(paths, cfg, result)):
+            if soon is not None:
+                next_check = soon if next_check is None else min(next_check, soon)
         if next_check is None or time.monotonic() + next_check > give_up:
             return EXIT_OK
         next_check = max(0.0, next_check - (time.monotonic() - decided_at))  # writing warnings takes a moment
