@@ -76,16 +76,18 @@ def get_parser():
     inhibit.add_argument("--json", action="store_true", help="with --list: print JSON")
     inhibit.add_argument("--release", metavar="ID", help="end an inhibitor of yours now (root: anyone's)")
     inhibit.add_argument("argv", nargs="*", metavar="COMMAND", help="after --: run it and hold while it runs")
+    warn = sub.add_parser("warn-terminals", help="(internal) write a warning on these SSH sessions' terminals")
+    warn.add_argument("--message", required=True, help="the text to write")
+    warn.add_argument("pids", metavar="PID", type=int, nargs="+", help="the sshd process of each session")
     return parser
 
 
 def _paths(args):
     from reaper.observe import Paths
 
-    return Paths(
-        config=config.default_path(args.config, os.environ),
-        state_dir=args.state_dir or os.environ.get(defaults.STATE_DIR_ENV) or defaults.STATE_DIR,
-    )
+    state_dir = args.state_dir or os.environ.get(defaults.STATE_DIR_ENV) or defaults.STATE_DIR
+    motd_dir = os.environ.get(defaults.MOTD_DIR_ENV) or (defaults.MOTD_DIR if state_dir == defaults.STATE_DIR else None)
+    return Paths(config=config.default_path(args.config, os.environ), state_dir=state_dir, motd_dir=motd_dir)
 
 
 # Each subcommand is a module of reaper.commands with handle(args, paths) -> exit code, imported only when run.
@@ -95,6 +97,7 @@ COMMANDS = {
     "check-config": "check_config",
     "run-action": "run_action",
     "inhibit": "inhibit",
+    "warn-terminals": "warn_terminals",
 }
 
 
@@ -102,7 +105,9 @@ def main(argv=None):
     from reaper import log
 
     args = get_parser().parse_args(argv)
-    log.setup(verbose=getattr(args, "verbose", False), to_syslog=args.command in ("reap", "run-action"))
+    log.setup(
+        verbose=getattr(args, "verbose", False), to_syslog=args.command in ("reap", "run-action", "warn-terminals")
+    )
     paths = _paths(args)
     try:
         import importlib

@@ -21,6 +21,9 @@ DISABLED = "disabled"
 UNKNOWN = "unknown"
 INHIBITED = "inhibited"
 
+INACTIVITY = "inactivity_duration"
+MAX_DURATION = "max_duration"
+
 
 class SessionView(NamedTuple):
     user: str | None
@@ -55,6 +58,10 @@ class Decision(NamedTuple):
     new_sessions: int = 0  # live sessions that count once open for min_session
     provisional: bool = False  # a session's end is taken as now, but only the next tick records it
     activities: tuple = ()  # the other evidence (evidence.activity.Activity) the decision weighed
+    connected: int = 0  # counted sessions and other activities that keep the machine active
+    cause: str | None = None  # what the action is for: INACTIVITY, or MAX_DURATION once the cap is reached
+    cap_seconds_left: float | None = None  # until max_duration is reached (0 once it is); None when off
+    grace_seconds_left: float | None = None  # once the cap is reached with users connected; None if unbounded
 
 
 def _view(now, record, counted, reason, recorded=True, pending=False, container=False):
@@ -137,6 +144,70 @@ def last_end(activities, now, remembered=None):
 
 
 def decide(config, now, boot_started, state, evidence, state_problem=None, views=True, activities=()):
+    """Given config, clock, this boot's state and live evidence, return the Decision: inactivity_duration's
+    (see _idle_decision), then max_duration's cap over it (see _cap)."""
+    result = _idle_decision(config, now, boot_started, state, evidence, state_problem, views, activities)
+    if result.act:
+        result = result._replace(cause=INACTIVITY)
+    if config.max_duration is None:
+        return result
+    return _cap(config, now, boot_started, state, evidence, result)
+
+
+def _cap(config, now, boot_started, state, evidence, result):
+    """Given the decision inactivity_duration makes, return it with max_duration applied.
+
+    The cap is counted from boot. Once reached, the action runs if nobody is connected; while counted sessions
+    (or other activities that keep the machine active) last, it waits for them to end, but no longer than
+    max_duration_grace past the cap. Inhibitors do not hold it off: it is a hard cap. Unclear evidence still
+    stops it, and a session younger than min_session holds it for at most min_session, as at the idle deadline.
+    """
+    cap_at = boot_started + config.max_duration
+    left = cap_at - now
+    grace = config.max_duration_grace
+    if left > 0:
+        next_check = left if result.next_check is None else min(result.next_check, left)
+        until = result.seconds_until_action
+        if result.state in (DISABLED, INHIBITED) or (result.state == IDLE and until is not None and left < until):
+            until = left
+        return result._replace(cap_seconds_left=left, seconds_until_action=until, next_check=next_check)
+    common = {"cap_seconds_left": 0.0, "cause": MAX_DURATION}
+    reached = f"max_duration {format_seconds(config.max_duration)} reached"
+    if result.state == UNKNOWN:
+        return result._replace(cap_seconds_left=0.0)
+    if not evidence.checked:
+        blocked = f"{reached}, but cannot check the live system for SSH sessions: {evidence.why_unchecked}"
+        return result._replace(act=False, blocked=blocked, blocked_kind="unchecked", cap_seconds_left=0.0)
+    if (state or {}).get("reaper", {}).get("acted_cap"):
+        blocked = f"{reached}; the action already ran for it"
+        return result._replace(act=False, blocked=blocked, blocked_kind="acted", cause=None, cap_seconds_left=0.0)
+    if result.connected:
+        if grace is None:
+            blocked = f"{reached}; waiting for the connected users to leave (max_duration_grace is off)"
+            return result._replace(act=False, blocked=blocked, blocked_kind="grace", seconds_until_action=None,
+                                   next_check=None, **common)  # fmt: skip
+        grace_left = cap_at + grace - now
+        if grace_left > 0:
+            blocked = (
+                f"{reached}; waiting for the connected users to leave, at most {format_seconds(grace_left)} more"
+                f" (max_duration_grace {format_seconds(grace)})"
+            )
+            return result._replace(act=False, blocked=blocked, blocked_kind="grace", grace_seconds_left=grace_left,
+                                   next_check=grace_left, **common)  # fmt: skip
+        blocked = None
+        reason = f"{reached} and max_duration_grace {format_seconds(grace)} is over: cutting the connected users off"
+        return result._replace(act=True, reason=reason, blocked=None, blocked_kind=None, seconds_until_action=0.0,
+                               grace_seconds_left=0.0, next_check=None, **common)  # fmt: skip
+    if result.new_sessions and now < cap_at + config.min_session:
+        blocked = f"{reached}; holding the action for sessions younger than min_session"
+        return result._replace(act=False, blocked=blocked, blocked_kind="pending", seconds_until_action=0.0,
+                               next_check=max(0.0, cap_at + config.min_session - now), **common)  # fmt: skip
+    reason = f"{reached} and nobody is connected"
+    return result._replace(act=True, reason=reason, blocked=None, blocked_kind=None, seconds_until_action=0.0,
+                           next_check=None, **common)  # fmt: skip
+
+
+def _idle_decision(config, now, boot_started, state, evidence, state_problem=None, views=True, activities=()):
     """Given config, clock, this boot's state (or None if unusable) and live evidence, return the Decision.
 
     `activities` are the other kinds of evidence (inhibitors, mosh, ...): one that lasts keeps the machine
@@ -212,6 +283,7 @@ def decide(config, now, boot_started, state, evidence, state_problem=None, views
         "new_sessions": len(pending),
         "provisional": provisional,
         "activities": tuple(activities),
+        "connected": len(counted_live) + len(active_holds),
     }
     if config.inactivity_duration is None:
         return Decision(DISABLED, "inactivity_duration is off", 0.0, None, False, **common)
@@ -270,6 +342,8 @@ def decide(config, now, boot_started, state, evidence, state_problem=None, views
 
 def summary(decision):
     """Return one line for the log describing the decision."""
+    if decision.cause == MAX_DURATION:
+        return f"{decision.reason}: time to act" if decision.act else f"not acting: {decision.blocked}"
     if decision.state == IDLE:
         if decision.act:
             return f"idle for {format_seconds(decision.idle_seconds)} ({decision.reason}): time to act"
@@ -292,4 +366,6 @@ def unclear(decision):
 def change_key(decision):
     """Return what identifies a change of decision worth logging (not the ticking seconds)."""
     reason = decision.reason if decision.state != IDLE else ""
-    return f"{decision.state}|{decision.act}|{decision.blocked}|{decision.idle_since}|{reason}"
+    # The grace's text counts down: waiting in the grace is one decision, logged once.
+    blocked = "grace" if decision.blocked_kind == "grace" else decision.blocked
+    return f"{decision.state}|{decision.act}|{blocked}|{decision.idle_since}|{reason}|{decision.cause}"

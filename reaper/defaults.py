@@ -25,6 +25,17 @@ REAPER_LOCK_TIMEOUT = 2.0
 MAX_CLOSED = 1000
 MAX_CLOSED_NO_POLICY = 5000
 
+# The login notice: pam_motd shows the files in /run/motd.d at every interactive login (Debian's sshd stack).
+# Only a reaper on the machine's own state dir writes it (a --state-dir elsewhere is a test or a dry look);
+# IDLE_REAPER_MOTD_DIR points it elsewhere.
+MOTD_DIR = "/run/motd.d"
+MOTD_DIR_ENV = "IDLE_REAPER_MOTD_DIR"
+NOTICE_FILE = "idle-reaper"
+NOTICE_MODE = 0o644  # pam_motd reads it with the user's credentials
+
+# Pre-action hooks: executables in this directory next to the config (/etc/idle-reaper/pre-action.d).
+PRE_ACTION_DIR_NAME = "pre-action.d"
+
 SYSLOG_IDENT = "idle-reaper"
 
 PROC = "/proc"

@@ -15,6 +15,7 @@ class Paths(NamedTuple):
     config: str
     state_dir: str
     proc: str = defaults.PROC
+    motd_dir: str | None = None  # where the login notice goes; None: nowhere
 
 
 def look(paths, cfg, state, problem, now, views=True):

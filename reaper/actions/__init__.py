@@ -7,7 +7,6 @@ Poweroff is only a call to systemd, and runs from the reaper itself.
 """
 
 import os
-import subprocess  # noqa: S404 - an argv list from the root-owned config, no shell
 
 from reaper.errors import ReaperError
 
@@ -32,6 +31,9 @@ def run(argv, in_unit=False):
 
 
 def _run(argv, timeout):
+    # Imported here: every tick imports this package (the login notice), only a tick that acts needs it.
+    import subprocess  # noqa: S404 - an argv list from the root-owned config, no shell
+
     try:
         done = subprocess.run(  # noqa: S603 - argv list, shell=False
             list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False

@@ -90,9 +90,12 @@ def _adopt(state, evidence, boot):
     return added
 
 
-def evaluate(paths, cfg):
+def evaluate(paths, cfg, outbox=None):
     """Hold the lock, read the state and the live system, decide, and write back what the tick learned:
     stale leases ended, missed sessions recorded, a change of decision logged. Return the Decision.
+
+    A warning due to connected users is marked as sent here and appended to `outbox` as (left, pids), for
+    the caller to write once the lock is released.
     """
     now = clock.now()
     boot = clock.boot_key(paths.proc)
@@ -133,10 +136,138 @@ def evaluate(paths, cfg):
         changed |= _note_unclear(memory, result, now)
         changed |= _remember_end(memory, result, now)
         activity.tidy_all(paths, result.activities, now)
+        changed |= _update_notice(paths, cfg, result, memory)
+        changed |= _due_warnings(cfg, state, result, memory, outbox)
         memory["tick"] = now
         if changed or problem or raw is None or state["merged"]:
             leases.commit(paths.state_dir, state)
     return result
+
+
+def _warned_sessions(cfg, state):
+    """The live leases whose users are warned: every session that is not ignored (a young one too)."""
+    return [lease for lease in state["leases"] if lease.get("pid") and policy.ignore_reason(cfg, lease) is None]
+
+
+def _due_warnings(cfg, state, result, memory, outbox):
+    """Mark the warnings due now as sent (per session: its pid and open time) and queue them in outbox.
+    Return True if the memory changed."""
+    if outbox is None or result.blocked_kind != "grace" or result.grace_seconds_left is None:
+        return False
+    from reaper.actions import warn
+
+    lead_times = warn.leads()
+    left = result.grace_seconds_left
+    before = memory.get("warned") or {}
+    live = {f"{lease['pid']}/{lease.get('opened')}": lease["pid"] for lease in _warned_sessions(cfg, state)}
+    sent, due = {}, []
+    for key, pid in live.items():  # sessions that ended are forgotten
+        sent[key] = list(before.get(key, ()))
+        reached = warn.due(lead_times, left, sent[key])
+        if reached:
+            sent[key] = sorted(set(sent[key]) | set(reached))
+            due.append(pid)
+    if due:
+        outbox.append((left, due))
+    if sent == before:
+        return False
+    memory["warned"] = sent
+    return True
+
+
+def _next_warning(cfg, result):
+    """Seconds until the next lead time of the warnings, while waiting in the grace; else None."""
+    if result.blocked_kind != "grace" or result.grace_seconds_left is None:
+        return None
+    from reaper.actions import warn
+
+    return warn.next_wake(warn.leads(), result.grace_seconds_left)
+
+
+def _send_warnings(cfg, outbox):
+    from reaper.actions import notice, warn
+
+    for left, pids in outbox:
+        text = warn.message(cfg, left, notice.clock(time.time(), "%H:%M:%S %Z")(left))
+        try:
+            from reaper import actions
+
+            outcome = warn.send(pids, text, in_unit=actions.under_systemd())
+            logger.warning(f"warned {len(pids)} session(s) that the action runs in {format_seconds(round(left))}"
+                           f" (max_duration): {outcome}")  # fmt: skip
+        except (OSError, ReaperError) as e:
+            logger.error(f"could not warn the connected users: {e}")
+
+
+def _pre_action_dir(paths):
+    """The hooks' directory: pre-action.d next to the config (/etc/idle-reaper/pre-action.d)."""
+    return os.path.join(os.path.dirname(os.path.abspath(paths.config)), defaults.PRE_ACTION_DIR_NAME)
+
+
+def _run_pre_action_hooks(paths, cfg, result):
+    """Run the pre-action hooks, if there are any. Return True if any ran (or was skipped)."""
+    from reaper import actions
+    from reaper.actions import pre_action
+
+    directory = _pre_action_dir(paths)
+    found, skipped = pre_action.hooks(directory)
+    if not found and not skipped:
+        return False
+    from datetime import UTC, datetime
+
+    if result.cause == decision.MAX_DURATION:
+        due_at = clock.boot_started(paths.proc) + cfg.max_duration
+    else:
+        due_at = result.idle_since + (cfg.inactivity_duration or 0)
+    deadline = datetime.fromtimestamp(time.time() - (clock.now() - due_at), tz=UTC).astimezone()
+    env = pre_action.environment(result, deadline.isoformat(timespec="seconds"))
+    pre_action.run_all(directory, env, cfg.pre_action_timeout, actions.under_systemd(), logger)
+    return True
+
+
+def _logins_since(paths, cfg, since):
+    """Given a CLOCK_BOOTTIME instant, return for each live session opened since then that is not ignored the
+    seconds until it has been open for min_session (at least 0)."""
+    seen = observe.observe(paths, cfg)
+    if seen.state is None:
+        return []
+    now = clock.now()
+    waits = []
+    for lease, live in zip(seen.state["leases"], seen.evidence.live, strict=True):
+        opened = lease.get("opened")
+        if live and opened is not None and opened >= since and policy.ignore_reason(cfg, lease) is None:
+            waits.append(max(0.0, opened + cfg.min_session - now))
+    return waits
+
+
+def _notice_wait(paths, cfg, result):
+    """While a new session is younger than min_session, the seconds until the first one counts: then the
+    state turns active, and the login notice says so without waiting for the timer. None otherwise."""
+    if not result.new_sessions or paths.motd_dir is None or not cfg.notice:
+        return None
+    waits = [w for w in _logins_since(paths, cfg, 0.0) if w > 0]
+    return min(waits) if waits else None
+
+
+def _update_notice(paths, cfg, result, memory):
+    """Write the login notice if its text changed (actions.notice). A failure is logged once, not every tick,
+    and never stops the tick. Return True if the memory changed."""
+    if paths.motd_dir is None:
+        return False
+    from reaper.actions import notice
+
+    try:
+        if notice.write(paths.motd_dir, notice.text(cfg, result, notice.clock(time.time()))):
+            logger.debug("login notice updated")
+        error = None
+    except OSError as e:
+        error = f"cannot write the login notice in {paths.motd_dir}: {e.strerror}"
+    if error == memory.get("notice_error"):
+        return False
+    if error:
+        logger.warning(error)
+    memory["notice_error"] = error
+    return True
 
 
 def _remember_end(memory, result, now):
@@ -178,11 +309,13 @@ def _note_unclear(memory, result, now):
     return True
 
 
-def _record_action(paths, idle_since, when):
+def _record_action(paths, result, when):
     with _StateLock(paths.state_dir, paths.proc):
         state = leases.load(paths.state_dir, clock.boot_key(paths.proc))
-        state["reaper"]["acted_for"] = idle_since
+        state["reaper"]["acted_for"] = result.idle_since
         state["reaper"]["acted_at"] = when
+        if result.cause == decision.MAX_DURATION:
+            state["reaper"]["acted_cap"] = True  # the cap acts once per boot
         leases.commit(paths.state_dir, state)
 
 
@@ -218,11 +351,31 @@ def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):
     give_up = time.monotonic() + max(0.0, wait)
     while True:
         cfg = config.load(paths.config, cache_dir=paths.state_dir, keep=not dry_run)
-        result = observe.observe(paths, cfg).decision if dry_run else evaluate(paths, cfg)
+        outbox = []
+        result = observe.observe(paths, cfg).decision if dry_run else evaluate(paths, cfg, outbox)
+        decided_at = time.monotonic()
+        if outbox:
+            _send_warnings(cfg, outbox)
         if result.act:
             if dry_run:
                 logger.info(f"dry run: would run {list(cfg.action)} now ({decision.summary(result)})")
                 return EXIT_OK
+            hooks_started = clock.now()
+            if _run_pre_action_hooks(paths, cfg, result):
+                # Decide again: someone may have logged in, or the config changed, while the hooks ran.
+                cfg = config.load(paths.config, cache_dir=paths.state_dir, keep=True)
+                result = evaluate(paths, cfg)
+                if not result.act:
+                    logger.warning(f"not running the action after the pre-action hooks: {decision.summary(result)}")
+                    return EXIT_SKIPPED if decision.unclear(result) else EXIT_OK
+                # A login during the hooks may be younger than min_session, which alone would not hold the
+                # action this late: it holds it until it counts.
+                young = _logins_since(paths, cfg, hooks_started)
+                if young:
+                    logger.warning("not running the action: a session opened during the pre-action hooks;"
+                                   " deciding again once it has been open for min_session")  # fmt: skip
+                    sleep(max(young) + WAKE_SLACK)
+                    continue
             logger.warning(f"running the action {list(cfg.action)}: {decision.summary(result)}")
             from reaper import actions  # subprocess: only a tick that acts needs it, not every tick
 
@@ -232,15 +385,20 @@ def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):
                 logger.error(f"{e}; the next tick tries again")
                 raise ReaperError(str(e), EXIT_FAILED) from None
             logger.info(f"the action finished{': ' + output if output else ''}")
-            _record_action(paths, result.idle_since, clock.now())
+            _record_action(paths, result, clock.now())
             return EXIT_OK
         if dry_run:
             logger.info(f"dry run: {decision.summary(result)}")
         if decision.unclear(result):
             return EXIT_SKIPPED
-        if result.next_check is None or time.monotonic() + result.next_check > give_up:
+        next_check = result.next_check
+        for soon in (_next_warning(cfg, result), None if dry_run else _notice_wait(paths, cfg, result)):
+            if soon is not None:
+                next_check = soon if next_check is None else min(next_check, soon)
+        if next_check is None or time.monotonic() + next_check > give_up:
             return EXIT_OK
-        if _sleep_watching(paths.state_dir, result.next_check + WAKE_SLACK, sleep):
+        next_check = max(0.0, next_check - (time.monotonic() - decided_at))  # writing warnings takes a moment
+        if _sleep_watching(paths.state_dir, next_check + WAKE_SLACK, sleep):
             give_up = max(give_up, time.monotonic() + wait)
 
 

@@ -106,6 +106,14 @@ def build(paths, cfg):
         + [_activity_session_json(a, now_boot) for a in lasting if a.holds == activity.ACTIVE],
         "inhibitors": [_activity_json(a, now_boot, now_wall) for a in lasting if a.holds == activity.INHIBIT],
         "evidence_notes": list(seen.evidence.notes),
+        "action_cause": d.cause,
+        "max_duration": cfg.max_duration,
+        "max_duration_grace": cfg.max_duration_grace if cfg.max_duration is not None else None,
+        "max_duration_seconds_left": None if d.cap_seconds_left is None else int(math.ceil(d.cap_seconds_left)),
+        "max_duration_at": _iso(_wall(d.cap_seconds_left + now_boot, now_boot, now_wall))
+        if d.cap_seconds_left
+        else None,
+        "grace_seconds_left": None if d.grace_seconds_left is None else int(math.ceil(d.grace_seconds_left)),
         "policy": {
             "inactivity_duration": cfg.inactivity_duration,
             "min_session": cfg.min_session,
@@ -116,6 +124,9 @@ def build(paths, cfg):
                 "keys": sorted(cfg.ignore_keys),
             },
             "action": cfg.action_name or list(cfg.action),
+            "max_duration": cfg.max_duration,
+            "max_duration_grace": cfg.max_duration_grace,
+            "notice": cfg.notice,
             "config": cfg.path,
             "dstack": cfg.dstack,
         },
@@ -169,6 +180,17 @@ def render(status):
         f"Policy:    inactivity_duration {format_seconds(p['inactivity_duration'])}, min_session {min_session},"
         f" services {', '.join(map(escape, p['services']))}, action {action}"
     )
+    if p["max_duration"] is not None:
+        grace = format_seconds(p["max_duration_grace"]) if p["max_duration_grace"] else "off (never cuts a user off)"
+        if s["max_duration_seconds_left"]:
+            left = f"reached in {format_seconds(s['max_duration_seconds_left'])}, at {_clock(s['max_duration_at'])}"
+        else:
+            left = "reached"
+        if s["grace_seconds_left"] is not None:
+            left += f"; connected users have {format_seconds(s['grace_seconds_left'])} of grace left"
+        elif s["blocked"] and s["action_cause"] == decision.MAX_DURATION and "grace" in s["blocked"]:
+            left += "; waiting for the connected users to leave"
+        lines.append(f"Max:       max_duration {format_seconds(p['max_duration'])} from boot, {left}; grace {grace}")
     ignore = p["ignore"]
     lines.append("Ignoring:  " + "; ".join(f"{k} {', '.join(map(escape, v)) if v else '-'}" for k, v in ignore.items()))
     lines.append(f"Config:    {escape(p['config'])}{' (dstack dev-environment)' if p['dstack'] else ''}")

@@ -110,14 +110,19 @@ def _cached(cache_dir, key, path):
             dstack=c["dstack"],
             max_inhibit=c["max_inhibit"],
             may_inhibit=c["may_inhibit"] if isinstance(c["may_inhibit"], str) else tuple(c["may_inhibit"]),
+            max_duration=c["max_duration"],
+            max_duration_grace=c["max_duration_grace"],
+            notice=c["notice"],
+            pre_action_timeout=c["pre_action_timeout"],
         )
     except (OSError, leases.StateError, KeyError, TypeError, ValueError):
         return None
-    ints = (config.min_session, *(() if config.inactivity_duration is None else (config.inactivity_duration,)))
+    optional = (config.inactivity_duration, config.max_duration, config.max_duration_grace)
+    ints = (config.min_session, config.pre_action_timeout, *(n for n in optional if n is not None))
     texts = (*config.services, *config.ignore_users, *config.ignore_keys, *config.action)
     if not all(type(n) is int for n in ints) or not all(type(t) is str for t in texts):
         return None
-    if type(config.dstack) is not bool:
+    if type(config.dstack) is not bool or type(config.notice) is not bool:
         return None
     if config.max_inhibit is not None and type(config.max_inhibit) is not int:
         return None
@@ -142,6 +147,10 @@ def _keep(cache_dir, key, config):
             "dstack": config.dstack,
             "max_inhibit": config.max_inhibit,
             "may_inhibit": config.may_inhibit if isinstance(config.may_inhibit, str) else list(config.may_inhibit),
+            "max_duration": config.max_duration,
+            "max_duration_grace": config.max_duration_grace,
+            "notice": config.notice,
+            "pre_action_timeout": config.pre_action_timeout,
         },
     }
     try:

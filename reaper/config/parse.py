@@ -122,7 +122,30 @@ def _from_own(path, top, errors):
         who = _may_inhibit(top["may_inhibit"][1], errors)
         if who is not None:
             values["may_inhibit"] = who
+    if "max_duration" in top:
+        values["max_duration"] = _duration(top["max_duration"][1], "max_duration", errors)
+    if "max_duration_grace" in top:
+        values["max_duration_grace"] = _duration(top["max_duration_grace"][1], "max_duration_grace", errors)
+    if "notice" in top:
+        values["notice"] = _switch(top["notice"][1], "notice", errors)
+    if "pre_action_timeout" in top:
+        node, before = top["pre_action_timeout"][1], len(errors.lines)
+        timeout = _duration(node, "pre_action_timeout", errors)
+        if timeout is not None:
+            values["pre_action_timeout"] = timeout
+        elif len(errors.lines) == before:
+            errors.add(node, "pre_action_timeout", "off is not allowed: a hook that hangs must be cut off",
+                       ALLOWED["pre_action_timeout"])  # fmt: skip
     return Config(path=path, inactivity_duration=inactivity, **values)
+
+
+def _switch(node, key, errors):
+    """on/off (YAML 1.1 reads both, and true/false, as booleans). Return the bool, or True if invalid."""
+    value = _scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    if type(value) is not bool:
+        errors.add(node, key, f"{_kind(node)} is not on or off", ALLOWED[key])
+        return True
+    return value
 
 
 def _duration(node, key, errors):

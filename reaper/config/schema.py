@@ -20,6 +20,10 @@ class Config(NamedTuple):  # NamedTuples here and elsewhere: `dataclasses` impor
     dstack: bool = False  # read from a dstack dev-environment file
     max_inhibit: int | None = 86400  # seconds an inhibitor holds at most, None when off
     may_inhibit: str | tuple = "everyone"  # "everyone", "root", or a tuple of group names
+    max_duration: int | None = None  # seconds from boot, None when off
+    max_duration_grace: int | None = 1800  # seconds past max_duration a connected user gets, None: no limit
+    notice: bool = True  # write the login notice
+    pre_action_timeout: int = 60  # seconds each pre-action hook may take
 
     @property
     def action_name(self):
@@ -79,9 +83,39 @@ SCHEMA = (
         "Who may hold an inhibitor. Files of anyone else in the inhibitors directory are refused.",
         "everyone, root, or a list of group names whose members (and root) may, e.g. [developers]",
     ),
+    Option(
+        "max_duration",
+        "off",
+        "A hard cap on how long the machine runs, counted from its boot: once reached the action runs, whatever"
+        " inactivity_duration says (connected users get max_duration_grace first). dstack's max_duration.",
+        "off or a duration as for inactivity_duration, e.g. 12h",
+    ),
+    Option(
+        "max_duration_grace",
+        "30m",
+        "Once max_duration is reached, how long the action waits for counted sessions to end; when it is over"
+        " the action runs anyway. off: wait for the last session however long.",
+        "off (never cut a connected user off) or a duration as for inactivity_duration",
+    ),
+    Option(
+        "notice",
+        "on",
+        "Show the policy and the state at every interactive SSH login (a file in /run/motd.d that pam_motd shows).",
+        "on or off",
+    ),
+    Option(
+        "pre_action_timeout",
+        "60s",
+        "How long each executable in /etc/idle-reaper/pre-action.d/ may run before the action; one that takes"
+        " longer is stopped, logged, and the action still runs.",
+        "a duration as for inactivity_duration (not off)",
+    ),
 )
 ALLOWED = {o.key: o.allowed for o in SCHEMA}
-TOP_KEYS = ("inactivity_duration", "min_session", "services", "ignore", "action", "max_inhibit", "may_inhibit")
+TOP_KEYS = (
+    "inactivity_duration", "min_session", "services", "ignore", "action", "max_inhibit", "may_inhibit",
+    "max_duration", "max_duration_grace", "notice", "pre_action_timeout",
+)  # fmt: skip
 IGNORE_KEYS = ("users", "networks", "keys")
 
 

@@ -222,7 +222,7 @@ def test_service_keeps_what_the_reaper_needs():
     assert "AF_UNIX" in s["RestrictAddressFamilies"].split()
 
 
-def test_tmpfiles_entry_gives_the_state_dir_its_modes():
+def test_tmpfiles_entries_give_the_state_dir_and_the_notice_dir_their_modes():
     entries = [
         line.split()
         for line in (DEBIAN / "idle-reaper.tmpfiles").read_text().splitlines()
@@ -231,6 +231,7 @@ def test_tmpfiles_entry_gives_the_state_dir_its_modes():
     assert entries == [
         ["d", "/run/idle-reaper", "0755", "root", "root", "-"],
         ["d", "/run/idle-reaper/inhibitors", "1777", "root", "root", "-"],
+        ["d", "/run/motd.d", "0755", "root", "root", "-"],
     ]
 
 

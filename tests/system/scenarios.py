@@ -10,8 +10,10 @@ judged by that tick, which sleeps until the deadline.
 """
 
 import json
+import os
 import pathlib
 import subprocess
+import threading
 import time
 from types import SimpleNamespace
 
@@ -397,6 +399,63 @@ def job_inhibits_after_logout(image):
         r.status_after_end = m.status()
         r.timing = m.wait_poweroff(r.job_end + DURATION)
         r.job_err = (m.root / "var/tmp/job.err").read_text() if (m.root / "var/tmp/job.err").exists() else ""
+
+
+# --- the login notice and max_duration (issue 12) ---------------------------------------------------------------
+
+NOTICE_DURATION = 600  # long: the notice machine must stay up through its logins
+CAP = 40  # max_duration, seconds from boot
+GRACE = 20  # max_duration_grace
+
+
+def interactive_login(m, user):
+    """Log in as a person does (a pty, no command), type exit, and return what the terminal showed."""
+    done = subprocess.run(  # noqa: S603 - the harness's own ssh argv
+        [*m.ssh_argv(user, "-tt")], input="exit\n", capture_output=True, text=True, timeout=30, check=False
+    )
+    return done.stdout
+
+
+def notice_file(m):
+    done = m.inside(["cat", "/run/motd.d/idle-reaper"], check=False)
+    return done.stdout if done.returncode == 0 else None
+
+
+def wait_notice(m, predicate, timeout=30):
+    """Wait until the notice file satisfies predicate(text or None); return the text."""
+    give_up = now() + timeout
+    while True:
+        text = notice_file(m)
+        if predicate(text) or now() > give_up:
+            return text
+        time.sleep(0.2)
+
+
+def tick(m):
+    """Run a tick now, as the timer would (it returns at once: no deadline is near)."""
+    m.inside(["systemctl", "start", "idle-reaper.service"])
+
+
+@scenario
+def login_notice(image):
+    """Logins show the notice; it follows the state: idle, then in use while a session is held, then off."""
+    r = SimpleNamespace()
+    with image.machine(config(duration=f"{NOTICE_DURATION}s")) as m:
+        m.boot()
+        tick(m)
+        r.file_idle = wait_notice(m, lambda t: t is not None and "Now: idle" in t)
+        r.mode = m.inside(["stat", "-c", "%a %U", "/run/motd.d/idle-reaper"], check=False).stdout.strip()
+        r.login_idle = interactive_login(m, "dev")
+        session = m.ssh("dev2")
+        sleep_until(now() + MIN_SESSION + 1)
+        r.file_active = wait_notice(m, lambda t: t is not None and "in use" in t)
+        r.login_active = interactive_login(m, "dev")
+        session.close()
+        r.file_after = wait_notice(m, lambda t: t is not None and "Now: idle" in t)
+        m.write_config(config(duration=f"{NOTICE_DURATION}s", extra="notice: off\n"))
+        tick(m)
+        r.file_off = wait_notice(m, lambda t: t is None)
+        r.login_off = interactive_login(m, "dev")
         r.journal = m.journal_text()
     return r
 
@@ -421,5 +480,160 @@ def inhibit_for_nobody_connected(image):
         r.up_past_boot_deadline = m.running
         r.status_later = m.status(user="dev")
         r.timing = m.wait_poweroff(r.record["until"] + DURATION)
+
+
+def max_duration_nobody(image):
+    """max_duration: 60s, inactivity_duration off, nobody connects: it powers off 60 s after boot."""
+    r = SimpleNamespace()
+    with image.machine("inactivity_duration: off\nmax_duration: 60s\n") as m:
+        m.boot()
+        r.booted = m.booted
+        sleep_until(m.booted + 20)
+        r.status = m.status()
+        r.status_at = now()
+        r.timing = m.wait_poweroff(m.booted + 60)
+        r.journal = m.journal_text()
+    return r
+
+
+# Test-only lead times for the warnings (reaper.actions.warn.LEADS_ENV), in a drop-in for the tick's unit.
+LEADS = (30, 15, 5)
+WARN_DROPIN = "etc/systemd/system/idle-reaper.service.d/test-leads.conf"
+
+
+class PtySession:
+    """An interactive login with a terminal (ssh -tt) that runs nothing; what its terminal shows is timestamped."""
+
+    def __init__(self, m, user):
+        self.proc = subprocess.Popen(  # noqa: S603 - the harness's own ssh argv
+            [*m.ssh_argv(user, "-tt"), "exec sleep 600"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.chunks = []  # (CLOCK_BOOTTIME, text)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        while chunk := os.read(self.proc.stdout.fileno(), 4096):
+            self.chunks.append((now(), chunk.decode(errors="replace")))
+
+    def warnings(self):
+        """Return [(CLOCK_BOOTTIME, the warning's first line)] for each warning the terminal showed."""
+        out = []
+        for at, text in self.chunks:
+            out += [(at, line.strip()) for line in text.splitlines() if line.startswith("*** idle-reaper:")]
+        return out
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.reader.join(5)
+
+
+def _capped_with_a_user(image, leave_at):
+    """max_duration CAP with a terminal session held from boot; the user leaves at leave_at (from boot) or never."""
+    r = SimpleNamespace()
+    text = config(duration=f"{NOTICE_DURATION}s", extra=f"max_duration: {CAP}s\nmax_duration_grace: {GRACE}s\n")
+    with image.machine(text) as m:
+        dropin = m.root / WARN_DROPIN
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        dropin.write_text(f"[Service]\nEnvironment=IDLE_REAPER_WARN_LEADS={','.join(map(str, LEADS))}\n")
+        m.boot()
+        r.booted = m.booted
+        session = PtySession(m, "dev")
+        try:
+            sleep_until(m.booted + CAP + 3)
+            r.status_grace = m.status()
+            r.up_in_grace = m.running
+            if leave_at is not None:
+                sleep_until(m.booted + leave_at)
+                session.close()
+                r.left = m.session_end("dev")
+                r.timing = m.wait_poweroff(r.left)
+            else:
+                r.timing = m.wait_poweroff(m.booted + CAP + GRACE)
+        finally:
+            session.close()
+        r.warnings = session.warnings()
+        r.journal = m.journal_text()
+    return r
+
+
+@scenario
+def max_duration_user_leaves(image):
+    """The cap passes with a user connected; they leave in the grace: the action runs when they leave."""
+    return _capped_with_a_user(image, CAP + GRACE // 2)
+
+
+@scenario
+def max_duration_grace_ends(image):
+    """The cap passes with a user connected who stays: the action runs when the grace ends."""
+    return _capped_with_a_user(image, None)
+
+
+# --- pre-action hooks ---------------------------------------------------------------------------------------------
+
+HOOKS_DIR = "etc/idle-reaper/pre-action.d"
+HOOK_TIMEOUT = 3  # pre_action_timeout in the hang scenario
+
+
+def put_hook(m, name, body):
+    path = m.root / HOOKS_DIR / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+def _hooked(image, hooks, extra=""):
+    """Nobody connects; the hooks run at the deadline, then the action."""
+    r = SimpleNamespace()
+    with image.machine(config(extra=extra)) as m:
+        for name, body in hooks.items():
+            put_hook(m, name, body)
+        m.boot()
+        r.booted = m.booted
+        r.timing = m.wait_poweroff(m.booted + DURATION, late_limit=HOOK_TIMEOUT + 30)
+        r.lines = m.journal_lines()
+        r.journal = m.journal_text()
+    return r
+
+
+@scenario
+def pre_action_hook(image):
+    """A hook that syncs a workspace runs before the action; what it prints is in the journal."""
+    body = (
+        'echo "syncing the workspace: cause=$IDLE_REAPER_CAUSE idle=$IDLE_REAPER_IDLE_SECONDS'
+        ' deadline=$IDLE_REAPER_DEADLINE"'
+    )
+    return _hooked(image, {"10-sync": body})
+
+
+@scenario
+def pre_action_hook_hangs(image):
+    """A hook that hangs is stopped at pre_action_timeout; the next hook and the action still run."""
+    hooks = {"10-hang": "echo hanging; exec sleep 600", "20-after": "echo after the hang"}
+    return _hooked(image, hooks, extra=f"pre_action_timeout: {HOOK_TIMEOUT}s\n")
+
+
+@scenario
+def pre_action_login(image):
+    """Someone logs in while the hooks run: the action does not run, and the machine stays up."""
+    r = SimpleNamespace()
+    with image.machine(config(extra="pre_action_timeout: 30s\n")) as m:
+        put_hook(m, "10-slow", "echo slow hook; sleep 6; echo slow hook done")
+        m.boot()
+        r.booted = m.booted
+        give_up = now() + DURATION + 30
+        while not any("running pre-action hook" in msg for _, _, msg in m.journal_lines()):
+            assert now() < give_up, m.journal_text()
+            time.sleep(0.2)
+        r.hook_seen = now()
+        session = m.ssh("dev")
+        r.logged_in = now()
+        sleep_until(r.hook_seen + 6 + MIN_SESSION + 3)
+        r.up = m.running
+        r.status = m.status() if r.up else None
+        session.close()
         r.journal = m.journal_text()
     return r
