@@ -108,6 +108,7 @@ def _cached(cache_dir, key, path):
             ignore_keys=frozenset(c["ignore_keys"]),
             action=tuple(c["action"]),
             dstack=c["dstack"],
+            metrics=c.get("metrics"),
         )
     except (OSError, leases.StateError, KeyError, TypeError, ValueError):
         return None
@@ -115,7 +116,7 @@ def _cached(cache_dir, key, path):
     texts = (*config.services, *config.ignore_users, *config.ignore_keys, *config.action)
     if not all(type(n) is int for n in ints) or not all(type(t) is str for t in texts):
         return None
-    if type(config.dstack) is not bool:
+    if type(config.dstack) is not bool or type(config.metrics) not in (str, type(None)):
         return None
     return config
 
@@ -133,6 +134,7 @@ def _keep(cache_dir, key, config):
             "ignore_keys": sorted(config.ignore_keys),
             "action": list(config.action),
             "dstack": config.dstack,
+            "metrics": config.metrics,
         },
     }
     try:

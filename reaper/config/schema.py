@@ -18,6 +18,7 @@ class Config(NamedTuple):  # NamedTuples here and elsewhere: `dataclasses` impor
     ignore_keys: frozenset = frozenset()
     action: tuple = POWEROFF
     dstack: bool = False  # read from a dstack dev-environment file
+    metrics: str | None = None  # the Prometheus textfile the tick writes, None when off
 
     @property
     def action_name(self):
@@ -64,9 +65,15 @@ SCHEMA = (
         "What to run when the machine has been idle for inactivity_duration.",
         'poweroff, or a command as a list run without a shell, e.g. ["/usr/local/bin/stop-me", "--now"]',
     ),
+    Option(
+        "metrics",
+        "off",
+        "A Prometheus textfile that each tick keeps up to date, for node_exporter's textfile collector.",
+        "off, or an absolute path ending in .prom, e.g. /var/lib/prometheus/node-exporter/idle-reaper.prom",
+    ),
 )
 ALLOWED = {o.key: o.allowed for o in SCHEMA}
-TOP_KEYS = ("inactivity_duration", "min_session", "services", "ignore", "action")
+TOP_KEYS = ("inactivity_duration", "min_session", "services", "ignore", "action", "metrics")
 IGNORE_KEYS = ("users", "networks", "keys")
 
 
