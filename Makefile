@@ -17,7 +17,8 @@ APT_PACKAGES := python3 python3-venv python3-yaml python3-filelock python3-human
 	debootstrap systemd-container systemd \
 	debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject dpkg-dev fakeroot lintian groff-base \
 	build-essential gcc libc6-dev musl-tools \
-	hyperfine
+	hyperfine \
+	prometheus-node-exporter prometheus
 
 # The hook's launcher built for this checkout: what the tests and the benchmarks give pam_exec. It execs
 # `/usr/bin/python3 -I -S` on this tree's hooks/pam-session (the package's build points it at

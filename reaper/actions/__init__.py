@@ -1,4 +1,5 @@
-"""Run the configured action: an argv list, never through a shell.
+"""Run the configured action: an argv list, never through a shell. Also the package of what a tick does
+besides deciding: the history log (history.py) and the Prometheus textfile (metrics.py).
 
 The reaper's own unit has no network (IPAddressDeny=any, no AF_INET). A command of the admin's (one that asks
 a control plane to stop this machine, say) may need it, so under systemd it runs in a unit of its own,
@@ -7,7 +8,6 @@ Poweroff is only a call to systemd, and runs from the reaper itself.
 """
 
 import os
-import subprocess  # noqa: S404 - an argv list from the root-owned config, no shell
 
 from reaper.errors import ReaperError
 
@@ -32,6 +32,9 @@ def run(argv, in_unit=False):
 
 
 def _run(argv, timeout):
+    # Imported here: every tick imports this package (history, metrics), only a tick that acts runs a command.
+    import subprocess  # noqa: S404 - an argv list from the root-owned config, no shell
+
     try:
         done = subprocess.run(  # noqa: S603 - argv list, shell=False
             list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
