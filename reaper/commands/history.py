@@ -345,7 +345,7 @@ def build(paths, since, shorter=None, history_dir=None, now_wall=None):
     start = end - since
     duration = _duration(paths)
     if shorter is None and duration:
-        shorter = duration // 2
+        shorter = max(1, duration // 2)
     where = history_dir or history.directory(paths.state_dir)
     try:
         events = history.read(where)
