@@ -90,6 +90,8 @@ def test_package_holds_the_installed_layout(deb):
         "./usr/share/man/man8/idle-reaper.8.gz",
         "./usr/lib/tmpfiles.d/idle-reaper.conf",
         "./usr/share/doc/idle-reaper/copyright",
+        "./usr/share/doc/idle-reaper/examples/idle-reaper.rules.yml",
+        *(PRIVATE + f"schema/{name}.schema.json" for name in ("status", "history", "inhibit-list")),
     ]
     sources = (p for p in (REPO / "reaper").rglob("*.py") if "__pycache__" not in p.parts)
     plain += [PRIVATE + str(p.relative_to(REPO)) for p in sources]
@@ -209,6 +211,9 @@ def test_service_keeps_what_the_reaper_needs():
     assert s["ProtectSystem"] == "strict"
     assert s["RuntimeDirectory"] == "idle-reaper" and s["RuntimeDirectoryPreserve"] == "yes"
     assert s["RuntimeDirectoryMode"] == "0755"
+    # The history survives reboots in /var/lib/idle-reaper; the metrics may go to Debian's textfile dir.
+    assert (s["StateDirectory"], s["StateDirectoryMode"]) == ("idle-reaper", "0755")
+    assert s["ReadWritePaths"] == "-/var/lib/prometheus/node-exporter"
     assert "AF_UNIX" in s["RestrictAddressFamilies"].split()
 
 
@@ -260,7 +265,7 @@ def _section(text, title):
 
 def _dict_keys(function):
     """Return the string keys of the dict literals in a function of reaper/commands/status.py."""
-    tree = ast.parse((REPO / "reaper" / "status.py").read_text())
+    tree = ast.parse((REPO / "reaper" / "commands" / "status.py").read_text())
     node = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
     return {k.value for d in ast.walk(node) if isinstance(d, ast.Dict) for k in d.keys if isinstance(k, ast.Constant)}
 
