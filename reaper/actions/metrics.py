@@ -23,21 +23,36 @@ MODE = 0o644
 
 def session_counts(cfg, leases, now):
     """Given the config and this boot's live leases (after the tick ended the stale ones), return how many
-    are counted, pending (younger than min_session) and ignored."""
+    are counted, pending (younger than min_session) and ignored, as policy.ignore_reason and
+    policy.too_short judge them (a test holds the two in step). Inlined: at 10,000 leases the calls cost
+    20 ms a tick, and the decision does not keep these counts."""
+    services, users, keys = frozenset(cfg.services), cfg.ignore_users, cfg.ignore_keys
+    networks = {}  # client address -> ignored by ignore.networks
+    min_session = cfg.min_session
     counted = pending = ignored = 0
-    reasons = {}
     for lease in leases:
-        key = (lease.get("service"), lease.get("user"), lease.get("client") or lease.get("rhost"), lease.get("key"))
-        if key not in reasons:
-            reasons[key] = policy.ignore_reason(cfg, lease)
-        if reasons[key] is not None:
+        get = lease.get
+        service, key = get("service"), get("key")
+        if (
+            (service is not None and service not in services)
+            or get("user") in users
+            or (key is not None and key in keys)
+        ):
             ignored += 1
             continue
-        opened = lease.get("opened")
-        if policy.too_short(cfg, None if opened is None else now - opened) is None:
-            counted += 1
-        else:
+        if cfg.ignore_networks:
+            client = get("client") or get("rhost")
+            hit = networks.get(client)
+            if hit is None:
+                hit = networks[client] = policy.ignore_reason(cfg, {"client": client}) is not None
+            if hit:
+                ignored += 1
+                continue
+        opened = get("opened")
+        if opened is not None and now - opened < min_session:
             pending += 1
+        else:
+            counted += 1
     return {"counted": counted, "pending": pending, "ignored": ignored}
 
 

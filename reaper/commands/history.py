@@ -232,7 +232,7 @@ def _iso(t):
 
 
 def _hours_text(seconds):
-    return f"{seconds / 3600:.1f} h"
+    return format_seconds(round(seconds)) if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
 def chart(hours):
@@ -270,17 +270,17 @@ def render(view):
     items = [(p["at"], 0, p) for p in view["points"]] + [(s["start"], 1, s) for s in view["stretches"]]
     for _, _, item in sorted(items, key=lambda x: (x[0], x[1])):
         if "kind" in item and "at" in item:
-            when = _local(item["at"]).strftime("%Y-%m-%d %H:%M")
+            when = _local(item["at"]).strftime("%Y-%m-%d %H:%M:%S")
             if item["kind"] == "boot":
-                lines.append(f"  {when}        booted")
+                lines.append(f"  {when}           booted")
             elif item["kind"] == "action":
-                lines.append(f"  {when}        the action ran {item['action']}: {escape(item['reason'], 300)}")
+                lines.append(f"  {when}           the action ran {item['action']}: {escape(item['reason'], 300)}")
             else:
-                lines.append(f"  {when}        the action failed: {escape(item['reason'], 300)}")
+                lines.append(f"  {when}           the action failed: {escape(item['reason'], 300)}")
             continue
         a, b = _local(item["start"]), _local(item["end"])
-        span = f"{a.strftime('%Y-%m-%d %H:%M')}-{b.strftime('%H:%M')}"
-        text = f"{item['kind']} {format_seconds(item['seconds'])}"
+        span = f"{a.strftime('%Y-%m-%d %H:%M:%S')}-{b.strftime('%H:%M:%S')}"
+        text = f"{item['kind']} {format_seconds(round(item['seconds']))}"
         if item.get("who"):
             text += ": " + ", ".join(item["who"])
         if item.get("ended_by") == "action":
@@ -300,7 +300,7 @@ def render(view):
 def _summary_line(s, duration):
     parts = []
     if s["longest"]:
-        parts.append(f"kept up longest by {s['longest']['who']} ({format_seconds(s['longest']['seconds'])})")
+        parts.append(f"kept up longest by {s['longest']['who']} ({format_seconds(round(s['longest']['seconds']))})")
     else:
         parts.append("nothing kept it up")
     parts.append(f"idle {_hours_text(s['idle_seconds'])} of {_hours_text(s['up_seconds'])} up")

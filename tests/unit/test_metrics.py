@@ -151,3 +151,29 @@ def test_write_is_atomic_readable_and_only_when_changed(tmp_path):
     assert metrics.write(path, "a 2\n") is True
     assert open(path).read() == "a 2\n"
     assert os.listdir(tmp_path) == ["idle-reaper.prom"]
+
+
+def test_session_counts_agree_with_the_policy_on_every_kind_of_lease():
+    from reaper import policy
+
+    cfg = CFG._replace(
+        services=("sshd", "sshd-test"), ignore_users=frozenset({"ci"}), ignore_keys=frozenset({"SHA256:k"}),
+        ignore_networks=(__import__("ipaddress").ip_network("10.0.0.0/8"),),
+    )  # fmt: skip
+    leases = [
+        {"user": user, "service": service, "client": client, "rhost": rhost, "key": key, "opened": opened}
+        for user in ("dev", "ci", None)
+        for service in ("sshd", "su", None)
+        for client, rhost in (("10.1.2.3", None), ("192.0.2.1", None), (None, "10.9.9.9"), (None, None))
+        for key in ("SHA256:k", "SHA256:x", None)
+        for opened in (NOW - 100, NOW - 3, None)
+    ]
+    want = {"counted": 0, "pending": 0, "ignored": 0}
+    for lease in leases:
+        if policy.ignore_reason(cfg, lease) is not None:
+            want["ignored"] += 1
+        elif policy.too_short(cfg, None if lease["opened"] is None else NOW - lease["opened"]):
+            want["pending"] += 1
+        else:
+            want["counted"] += 1
+    assert metrics.session_counts(cfg, leases, NOW) == want
