@@ -1,4 +1,4 @@
-"""The `idle-reaper` command: status, reap and check-config. Only main() turns errors into exit codes."""
+"""The `idle-reaper` command: status, reap, check-config and inhibit. Only main() turns errors into exit codes."""
 
 import argparse
 import os
@@ -25,6 +25,8 @@ examples:
   idle-reaper check-config           validate /etc/idle-reaper/config.yaml
   idle-reaper reap --dry-run         what the timer's tick would do now
   idle-reaper history --since 7d     what kept this machine up, and how long it sat idle
+  idle-reaper inhibit --for 4h --why "training run"   keep the machine up for 4 hours
+  idle-reaper inhibit -- make -j8    keep it up while the build runs
 
 See idle-reaper(8)."""
 
@@ -75,6 +77,19 @@ def get_parser():
         metavar="DIR",
         help="the history log's directory (default: $IDLE_REAPER_HISTORY_DIR or /var/lib/idle-reaper)",
     )
+    inhibit = sub.add_parser(
+        "inhibit",
+        help="keep the machine up on purpose: for a while, while a command or a process runs",
+        usage="idle-reaper inhibit (--for DURATION | --pid PID | -- COMMAND [ARGS...]) [--why TEXT]\n"
+        "       idle-reaper inhibit --list [--json]\n       idle-reaper inhibit --release ID",
+    )
+    inhibit.add_argument("--for", dest="for_", metavar="DURATION", help="hold for this long (30m, 4h), then end")
+    inhibit.add_argument("--pid", type=int, metavar="PID", help="hold while this process of yours runs")
+    inhibit.add_argument("--why", metavar="TEXT", help="say why, for status and the journal")
+    inhibit.add_argument("--list", action="store_true", help="list the inhibitors that hold")
+    inhibit.add_argument("--json", action="store_true", help="with --list: print JSON")
+    inhibit.add_argument("--release", metavar="ID", help="end an inhibitor of yours now (root: anyone's)")
+    inhibit.add_argument("argv", nargs="*", metavar="COMMAND", help="after --: run it and hold while it runs")
     return parser
 
 
@@ -94,6 +109,7 @@ COMMANDS = {
     "check-config": "check_config",
     "run-action": "run_action",
     "history": "history",
+    "inhibit": "inhibit",
 }
 
 

@@ -17,7 +17,7 @@ from reaper.config.durations import format_seconds
 from reaper.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, ReaperError
 from reaper.evidence import activity, ssh
 from reaper.log import logger
-from reaper.state import leases
+from reaper.state import inhibitors, leases
 
 # After the deadline, sleep this much longer so a check right at the boundary doesn't see 0.0001 s left.
 WAKE_SLACK = 0.05
@@ -250,13 +250,19 @@ def _history_of_action(paths, cfg, result):
 
 
 def _stamp(state_dir):
-    """What changes when a hook records a session: the state file's identity and the pending files."""
+    """What changes when a hook records a session (the state file's identity and the pending files) or when an
+    inhibitor begins or ends (the inhibitors directory's mtime: every file is created, replaced or deleted
+    by a rename or an unlink in it)."""
     try:
         st = os.stat(leases.state_path(state_dir))
         names = sorted(n for n in os.listdir(state_dir) if n.startswith(leases.PENDING_PREFIX))
     except OSError:
         return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size, tuple(names))
+    try:
+        held = os.stat(inhibitors.dir_path(state_dir)).st_mtime_ns
+    except OSError:
+        held = None
+    return (st.st_ino, st.st_mtime_ns, st.st_size, tuple(names), held)
 
 
 def _sleep_watching(state_dir, seconds, sleep):

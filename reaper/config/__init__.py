@@ -109,6 +109,8 @@ def _cached(cache_dir, key, path):
             action=tuple(c["action"]),
             dstack=c["dstack"],
             metrics=c.get("metrics"),
+            max_inhibit=c["max_inhibit"],
+            may_inhibit=c["may_inhibit"] if isinstance(c["may_inhibit"], str) else tuple(c["may_inhibit"]),
         )
     except (OSError, leases.StateError, KeyError, TypeError, ValueError):
         return None
@@ -117,6 +119,11 @@ def _cached(cache_dir, key, path):
     if not all(type(n) is int for n in ints) or not all(type(t) is str for t in texts):
         return None
     if type(config.dstack) is not bool or type(config.metrics) not in (str, type(None)):
+        return None
+    if config.max_inhibit is not None and type(config.max_inhibit) is not int:
+        return None
+    who = config.may_inhibit
+    if not (who in ("everyone", "root") or (type(who) is tuple and who and all(type(g) is str for g in who))):
         return None
     return config
 
@@ -135,6 +142,8 @@ def _keep(cache_dir, key, config):
             "action": list(config.action),
             "dstack": config.dstack,
             "metrics": config.metrics,
+            "max_inhibit": config.max_inhibit,
+            "may_inhibit": config.may_inhibit if isinstance(config.may_inhibit, str) else list(config.may_inhibit),
         },
     }
     try:

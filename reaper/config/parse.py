@@ -118,6 +118,12 @@ def _from_own(path, top, errors):
             values["action"] = action
     if "metrics" in top:
         values["metrics"] = _metrics(top["metrics"][1], errors)
+    if "max_inhibit" in top:
+        values["max_inhibit"] = _duration(top["max_inhibit"][1], "max_inhibit", errors)
+    if "may_inhibit" in top:
+        who = _may_inhibit(top["may_inhibit"][1], errors)
+        if who is not None:
+            values["may_inhibit"] = who
     return Config(path=path, inactivity_duration=inactivity, **values)
 
 
@@ -187,6 +193,23 @@ def _ignore(node, errors, values):
             else:
                 errors.add(item, "ignore.keys", f"{text!r} is not a SHA256 key fingerprint", ALLOWED["ignore.keys"])
         values["ignore_keys"] = frozenset(keys)
+
+
+def _may_inhibit(node, errors):
+    """everyone, root, or a non-empty list of group names."""
+    allowed = ALLOWED["may_inhibit"]
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag == "tag:yaml.org,2002:str" and node.value in ("everyone", "root"):
+            return node.value
+        errors.add(node, "may_inhibit", f"{node.value!r} is not accepted", allowed)
+        return None
+    groups = _string_list(node, "may_inhibit", errors)
+    if groups is None:
+        return None
+    if not groups:
+        errors.add(node, "may_inhibit", "the list of groups is empty (use root for root only)", allowed)
+        return None
+    return tuple(groups)
 
 
 def _action(node, errors):

@@ -18,6 +18,8 @@ class Config(NamedTuple):  # NamedTuples here and elsewhere: `dataclasses` impor
     ignore_keys: frozenset = frozenset()
     action: tuple = POWEROFF
     dstack: bool = False  # read from a dstack dev-environment file
+    max_inhibit: int | None = 86400  # seconds an inhibitor holds at most, None when off
+    may_inhibit: str | tuple = "everyone"  # "everyone", "root", or a tuple of group names
     metrics: str | None = None  # the Prometheus textfile the tick writes, None when off
 
     @property
@@ -66,6 +68,19 @@ SCHEMA = (
         'poweroff, or a command as a list run without a shell, e.g. ["/usr/local/bin/stop-me", "--now"]',
     ),
     Option(
+        "max_inhibit",
+        "24h",
+        "The longest one inhibitor (idle-reaper inhibit) holds the machine up, from when it began, so a forgotten"
+        " one can't keep it up for weeks; its end then counts as activity.",
+        "off (no limit) or a duration as for inactivity_duration",
+    ),
+    Option(
+        "may_inhibit",
+        "everyone",
+        "Who may hold an inhibitor. Files of anyone else in the inhibitors directory are refused.",
+        "everyone, root, or a list of group names whose members (and root) may, e.g. [developers]",
+    ),
+    Option(
         "metrics",
         "off",
         "A Prometheus textfile that each tick keeps up to date, for node_exporter's textfile collector.",
@@ -73,7 +88,9 @@ SCHEMA = (
     ),
 )
 ALLOWED = {o.key: o.allowed for o in SCHEMA}
-TOP_KEYS = ("inactivity_duration", "min_session", "services", "ignore", "action", "metrics")
+TOP_KEYS = (
+    "inactivity_duration", "min_session", "services", "ignore", "action", "max_inhibit", "may_inhibit", "metrics",
+)  # fmt: skip
 IGNORE_KEYS = ("users", "networks", "keys")
 
 

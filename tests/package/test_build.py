@@ -3,9 +3,15 @@
 
 import ast
 import configparser
+import datetime
+import email.utils
+import gzip
+import io
 import re
+import shlex
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -18,6 +24,7 @@ from tests.package.conftest import PACKAGE
 PACKAGING = REPO / "packaging"
 DEBIAN = PACKAGING / "debian"
 MANPAGE = PACKAGING / "idle-reaper.8"
+INSTALLED_MANPAGE = "./usr/share/man/man8/idle-reaper.8.gz"
 SAMPLE_CONFIG = PACKAGING / "config.yaml"
 PRIVATE = "./usr/share/idle-reaper/"
 # What pam_exec runs (packaging/pam-configs/idle-reaper): the static launcher of the Python hook.
@@ -174,7 +181,10 @@ def test_timer_cadence_lands_the_action_on_the_deadline():
 
 def test_path_unit_starts_a_tick_when_a_session_opens_or_closes():
     path = _unit("idle-reaper.path")
-    assert path["Path"]["PathChanged"] == "/run/idle-reaper/state.json"
+    text = (DEBIAN / "idle-reaper.path").read_text()
+    watched = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("PathChanged=")]
+    # the state file (sessions), and the inhibitors directory (an inhibitor begins or ends)
+    assert watched == ["/run/idle-reaper/state.json", "/run/idle-reaper/inhibitors"]
     assert path["Path"]["Unit"] == "idle-reaper.service"
     assert path["Install"]["WantedBy"] == "paths.target"
 
@@ -223,7 +233,10 @@ def test_tmpfiles_entry_gives_the_state_dir_its_modes():
         for line in (DEBIAN / "idle-reaper.tmpfiles").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    assert entries == [["d", "/run/idle-reaper", "0755", "root", "root", "-"]]
+    assert entries == [
+        ["d", "/run/idle-reaper", "0755", "root", "root", "-"],
+        ["d", "/run/idle-reaper/inhibitors", "1777", "root", "root", "-"],
+    ]
 
 
 def test_sample_config_and_man_page_are_in_step_with_the_schema():
@@ -293,9 +306,41 @@ def test_man_page_documents_every_key_exit_code_status_field_and_option():
         assert option in text, option
 
 
-def test_man_page_names_the_code_version():
-    (title,) = [line for line in MANPAGE.read_text().splitlines() if line.startswith(".TH ")]
-    assert f'"idle-reaper {reaper.__version__}"' in title
+def _title(text):
+    """Return the fields of a man page's .TH line: name, section, date, source, manual."""
+    (title,) = [line for line in text.splitlines() if line.startswith(".TH ")]
+    return shlex.split(title.replace("\\-", "-"))[1:]
+
+
+def _from_deb(deb, path):
+    """Return the contents of a gzipped file in the .deb (path as dpkg-deb lists it), decompressed, as text."""
+    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        return gzip.decompress(archive.extractfile(path).read()).decode()
+
+
+def test_man_page_leaves_its_date_and_version_to_the_build():
+    # packaging/build-deb fills them from debian/changelog; a hand-kept value would drift.
+    title = _title(MANPAGE.read_text())
+    assert title == ["IDLE-REAPER", "8", "@DATE@", "idle-reaper @VERSION@", "System Administration"]
+
+
+def test_man_page_names_the_code_version(deb):
+    title = _title(_from_deb(deb.deb, INSTALLED_MANPAGE))
+    assert title[3] == f"idle-reaper {reaper.__version__}"
+
+
+@pytest.mark.parametrize("build", ["deb", "deb_upgrade"])
+def test_built_man_page_has_the_changelog_entrys_version_and_date(request, build):
+    # The tree's entry, and the one build-deb --version adds (dated at build time): each build's own.
+    built = request.getfixturevalue(build)
+    changelog = _from_deb(built.deb, "./usr/share/doc/idle-reaper/changelog.gz")
+    version = re.match(r"idle-reaper \(([^)]+)\) ", changelog)[1]
+    trailer = next(line for line in changelog.splitlines() if line.startswith(" -- "))
+    date = email.utils.parsedate_to_datetime(trailer.split("  ", 1)[1]).astimezone(datetime.UTC).date()
+    title = _title(_from_deb(built.deb, INSTALLED_MANPAGE))
+    assert (title[2], title[3]) == (date.isoformat(), f"idle-reaper {version}")
+    assert version == built.version
 
 
 def test_man_page_renders_without_warnings():

@@ -75,7 +75,7 @@ def test_install_in_a_chroot_enables_the_timer_and_runs_no_reap(root, deb):
     out = sh(
         root, f"{apt_install(path)} >/dev/null; stat -c '%a %U %G' /run/idle-reaper; ls -A /run/idle-reaper"
     ).stdout
-    assert out.splitlines() == ["755 root root"], "the state dir exists, empty: no tick ran"
+    assert out.splitlines() == ["755 root root", "inhibitors"], "the state dir exists, empty: no tick ran"
     assert (root / TIMER_LINK).resolve(strict=False).name == "idle-reaper.timer"
     wants = [p.name for p in (root / "etc/systemd/system").rglob("idle-reaper*")]
     assert sorted(wants) == ["idle-reaper.path", "idle-reaper.timer"], "the timer and the path unit, not the service"

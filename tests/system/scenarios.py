@@ -10,6 +10,7 @@ judged by that tick, which sleeps until the deadline.
 """
 
 import json
+import pathlib
 import subprocess
 import time
 from types import SimpleNamespace
@@ -366,4 +367,79 @@ def history_across_boots(image):
         r.history = json.loads(m.inside(["idle-reaper", "history", "--json", "--since", "1h"], user="dev").stdout)
         r.history_text = m.inside(["idle-reaper", "history", "--since", "1h"], user="dev").stdout
         r.files = m.inside(["ls", "-l", "/var/lib/idle-reaper"]).stdout
+
+
+# --- issue 11: inhibitors -------------------------------------------------------------------------------------
+
+JOB = 60  # the job the user leaves running: `idle-reaper inhibit -- sleep 60`
+HOLD_FOR = 40  # `idle-reaper inhibit --for 40s`
+INHIBIT_LATE_OK = 2.0  # an inhibitor's end is known at once (its file), so the action is at most this late
+INHIBITORS = "run/idle-reaper/inhibitors"
+
+
+def activity_end(m, after, timeout=15):
+    """Return the end of an activity the tick remembered (CLOCK_BOOTTIME, what) once it is later than `after`."""
+    give_up = now() + timeout
+    while True:
+        end = ((m.state_file() or {}).get("reaper") or {}).get("activity_end")
+        if end and end["at"] > after:
+            return end["at"], end["what"]
+        if now() > give_up:
+            raise AssertionError(f"{m.name}: no activity end after {after} in the state: {m.state_file()}")
+        time.sleep(0.05)
+
+
+@scenario
+def job_inhibits_after_logout(image):
+    """dev logs in, leaves `idle-reaper inhibit -- sleep 60` running detached from the session (setsid; the image
+    has no tmux), and logs out: the machine stays up while it runs and powers off DURATION after it ends."""
+    r = SimpleNamespace()
+    with image.machine(config()) as m:
+        m.boot()
+        r.booted = m.booted
+        session = m.ssh("dev")
+        job = f"idle-reaper inhibit --why 'nightly build' -- sleep {JOB}"
+        r.started_out = session.run(f"setsid -f {job} </dev/null >/dev/null 2>/var/tmp/job.err; echo started")
+        r.job_started = now()
+        sleep_until(r.job_started + MIN_SESSION + 1)
+        r.status_connected = m.status()
+        session.close()
+        r.logged_out = session.closed_at
+        sleep_until(r.logged_out + 2)
+        r.status_after_logout = m.status(user="dev")
+        r.text_after_logout = m.status_text(user="dev")
+        sleep_until(max(m.booted, r.logged_out) + DURATION + 5)  # past when it would power off but for the job
+        r.up_past_logout_deadline = m.running
+        r.status_later = m.status()
+        sleep_until(r.job_started + JOB - 2)
+        r.up_before_job_end = m.running
+        r.job_end, r.job_end_what = activity_end(m, r.job_started + JOB - 5, timeout=15)
+        r.status_after_end = m.status()
+        r.timing = m.wait_poweroff(r.job_end + DURATION)
+        r.job_err = (m.root / "var/tmp/job.err").read_text() if (m.root / "var/tmp/job.err").exists() else ""
+        r.journal = m.journal_text()
+    return r
+
+
+@scenario
+def inhibit_for_nobody_connected(image):
+    """Right after boot, dev runs `idle-reaper inhibit --for 40s` (no SSH session): the machine stays up past the
+    boot deadline, and powers off DURATION after the inhibitor expires."""
+    r = SimpleNamespace()
+    with image.machine(config()) as m:
+        m.boot()
+        r.booted = m.booted
+        done = m.inside(["idle-reaper", "inhibit", "--for", f"{HOLD_FOR}s", "--why", "deploy"], user="dev")
+        r.asked_at = now()
+        r.ident = done.stdout.strip()
+        r.stderr = done.stderr
+        path = pathlib.Path(f"/proc/{m.leader}/root") / INHIBITORS / f"{r.ident}.json"  # /run: the machine's tmpfs
+        r.owner = path.stat().st_uid
+        r.record = json.loads(path.read_text())
+        r.status = m.status()
+        sleep_until(m.booted + DURATION + 5)
+        r.up_past_boot_deadline = m.running
+        r.status_later = m.status(user="dev")
+        r.timing = m.wait_poweroff(r.record["until"] + DURATION)
+        r.journal = m.journal_text()
     return r

@@ -196,7 +196,8 @@ def test_sticky_world_writable_parent_is_fine(tmp_path):
 def test_schema_lists_every_key_the_loader_accepts():
     keys = {o.key for o in schema.SCHEMA}
     assert keys == {"inactivity_duration", "min_session", "services", "ignore.users", "ignore.networks",
-                    "ignore.keys", "action", "metrics"}  # fmt: skip
+                    "ignore.keys", "action", "max_inhibit", "may_inhibit",
+                    "metrics"}  # fmt: skip
 
 
 # --- the parse a tick keeps for the next one ---------------------------------------------------------------
