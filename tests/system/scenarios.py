@@ -367,6 +367,7 @@ def history_across_boots(image):
         r.history = json.loads(m.inside(["idle-reaper", "history", "--json", "--since", "1h"], user="dev").stdout)
         r.history_text = m.inside(["idle-reaper", "history", "--since", "1h"], user="dev").stdout
         r.files = m.inside(["ls", "-l", "/var/lib/idle-reaper"]).stdout
+    return r
 
 
 # --- issue 11: inhibitors -------------------------------------------------------------------------------------
