@@ -17,7 +17,7 @@ BUILD_PACKAGES := debhelper dh-python python3-all python3-setuptools pybuild-plu
 APT_PACKAGES := $(BUILD_PACKAGES) python3 python3-venv python3-yaml python3-filelock python3-humanfriendly \
 	openssh-server openssh-client pamtester iproute2 procps util-linux passwd \
 	debootstrap systemd-container systemd lintian groff-base gcc libc6-dev \
-	hyperfine
+	hyperfine prometheus-node-exporter prometheus
 
 # The hook's launcher built for this checkout: what the tests and the benchmarks give pam_exec. It execs
 # `/usr/bin/python3 -I -S` on this tree's hooks/pam-session (the package's build points it at

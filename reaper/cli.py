@@ -24,6 +24,7 @@ examples:
   idle-reaper status --json          the same for a program (fields in idle-reaper(8))
   idle-reaper check-config           validate /etc/idle-reaper/config.yaml
   idle-reaper reap --dry-run         what the timer's tick would do now
+  idle-reaper history --since 7d     what kept this machine up, and how long it sat idle
   idle-reaper inhibit --for 4h --why "training run"   keep the machine up for 4 hours
   idle-reaper inhibit -- make -j8    keep it up while the build runs
 
@@ -63,6 +64,19 @@ def get_parser():
     reap.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub.add_parser("check-config", help="validate the config file; print each problem and exit 3 if any")
     sub.add_parser("run-action", help="run the configured action now (what idle-reaper-action.service runs)")
+    history = sub.add_parser("history", help="what kept this machine up, idle stretches and actions, across boots")
+    history.add_argument("--since", metavar="DURATION", help="the period to show, back from now (default: 24h)")
+    history.add_argument("--json", action="store_true", help="print JSON (a stable interface) instead of text")
+    history.add_argument(
+        "--shorter",
+        metavar="DURATION",
+        help="the shorter inactivity_duration to weigh in the summary (default: half the configured one)",
+    )
+    history.add_argument(
+        "--history-dir",
+        metavar="DIR",
+        help="the history log's directory (default: $IDLE_REAPER_HISTORY_DIR or /var/lib/idle-reaper)",
+    )
     inhibit = sub.add_parser(
         "inhibit",
         help="keep the machine up on purpose: for a while, while a command or a process runs",
@@ -96,6 +110,7 @@ COMMANDS = {
     "reap": "reap",
     "check-config": "check_config",
     "run-action": "run_action",
+    "history": "history",
     "inhibit": "inhibit",
     "warn-terminals": "warn_terminals",
 }

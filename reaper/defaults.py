@@ -41,3 +41,7 @@ SYSLOG_IDENT = "idle-reaper"
 PROC = "/proc"
 # systemd writes the container manager's name here when it runs in a container (clock.boot_key).
 CONTAINER_FILE = "/run/systemd/container"
+
+# What the reaper saw happen, kept across boots (reaper.actions.history); StateDirectory= of the unit.
+HISTORY_DIR = "/var/lib/idle-reaper"
+HISTORY_DIR_ENV = "IDLE_REAPER_HISTORY_DIR"

@@ -1,4 +1,5 @@
-"""Run the configured action: an argv list, never through a shell.
+"""Run the configured action: an argv list, never through a shell. Also the package of what a tick does
+besides deciding: the history log (history.py) and the Prometheus textfile (metrics.py).
 
 The reaper's own unit has no network (IPAddressDeny=any, no AF_INET). A command of the admin's (one that asks
 a control plane to stop this machine, say) may need it, so under systemd it runs in a unit of its own,
@@ -31,7 +32,7 @@ def run(argv, in_unit=False):
 
 
 def _run(argv, timeout):
-    # Imported here: every tick imports this package (the login notice), only a tick that acts needs it.
+    # Imported here: every tick imports this package (the notice, history, metrics); only one that acts needs it.
     import subprocess  # noqa: S404 - an argv list from the root-owned config, no shell
 
     try:

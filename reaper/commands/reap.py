@@ -138,9 +138,13 @@ def evaluate(paths, cfg, outbox=None):
         activity.tidy_all(paths, result.activities, now)
         changed |= _update_notice(paths, cfg, result, memory)
         changed |= _due_warnings(cfg, state, result, memory, outbox)
+        events, moved = _history_events(memory, cfg, state, result, now, boot, paths)
+        changed |= moved
         memory["tick"] = now
         if changed or problem or raw is None or state["merged"]:
             leases.commit(paths.state_dir, state)
+        _append_history(paths, events, boot, now)
+        _export_metrics(paths, cfg, state, result, now)
     return result
 
 
@@ -270,6 +274,45 @@ def _update_notice(paths, cfg, result, memory):
     return True
 
 
+# What a tick does besides deciding: the history log and the metrics. Each is failsafe: a failure is logged
+# and the tick goes on (the decision and the action never depend on them).
+
+
+def _history_events(memory, cfg, state, result, now, boot, paths):
+    from reaper.actions import history
+
+    try:
+        return history.observe(memory, cfg, state, result, now, boot, clock.boot_started(paths.proc))
+    except Exception as e:  # noqa: BLE001 - the history must never fail a tick
+        logger.error(f"history: could not work out what happened: {type(e).__name__}: {e}")
+        return [], False
+
+
+def _append_history(paths, events, boot, now):
+    if not events:
+        return
+    from reaper.actions import history
+
+    where = history.directory(paths.state_dir)
+    try:
+        history.append(where, events, boot, now, time.time())
+    except Exception as e:  # noqa: BLE001 - the history must never fail a tick
+        logger.error(f"history: could not append to {where}: {type(e).__name__}: {e}")
+
+
+def _export_metrics(paths, cfg, state, result, now):
+    if cfg.metrics is None:
+        return
+    from reaper.actions import metrics
+
+    try:
+        counts = metrics.session_counts(cfg, state["leases"], now)
+        text = metrics.render(cfg, result, state["reaper"], counts, now, time.time(), clock.boot_started(paths.proc))
+        metrics.write(cfg.metrics, text)
+    except Exception as e:  # noqa: BLE001 - a failing metrics write is logged, never fails the tick
+        logger.error(f"metrics: could not write {cfg.metrics}: {type(e).__name__}: {e}")
+
+
 def _remember_end(memory, result, now):
     """Remember the latest end of any other kind of activity, which idleness is measured from, so its source
     may forget it (an inhibitor released, a mosh client gone). Return True if the memory changed."""
@@ -309,14 +352,34 @@ def _note_unclear(memory, result, now):
     return True
 
 
-def _record_action(paths, result, when):
+def _record_action(paths, cfg, result, when, error=None):
+    """Remember that the action ran for this idle period (or failed), in the state, the history and the
+    metrics."""
+    boot = clock.boot_key(paths.proc)
     with _StateLock(paths.state_dir, paths.proc):
-        state = leases.load(paths.state_dir, clock.boot_key(paths.proc))
-        state["reaper"]["acted_for"] = result.idle_since
-        state["reaper"]["acted_at"] = when
-        if result.cause == decision.MAX_DURATION:
-            state["reaper"]["acted_cap"] = True  # the cap acts once per boot
+        state = leases.load(paths.state_dir, boot)
+        memory = state["reaper"]
+        if error is None:
+            memory["acted_for"] = result.idle_since
+            memory["acted_at"] = when
+            memory["actions_ok"] = memory.get("actions_ok", 0) + 1
+            if result.cause == decision.MAX_DURATION:
+                memory["acted_cap"] = True  # the cap acts once per boot
+        else:
+            memory["action_failed_at"] = when
+            memory["actions_failed"] = memory.get("actions_failed", 0) + 1
+            _append_history(paths, [{"ev": "action_failed", "b": when, "error": error}], boot, when)
         leases.commit(paths.state_dir, state)
+        _export_metrics(paths, cfg, state, result, when)
+
+
+def _history_of_action(paths, cfg, result):
+    """Log the action with its reason before it runs: a poweroff may end this process before it returns."""
+    from reaper.actions import history
+
+    now = clock.now()
+    event = history.action_event(now, cfg.action, decision.summary(result))
+    _append_history(paths, [event], clock.boot_key(paths.proc), now)
 
 
 def _stamp(state_dir):
@@ -377,15 +440,20 @@ def reap(paths, dry_run=False, wait=0.0, sleep=time.sleep):
                     sleep(max(young) + WAKE_SLACK)
                     continue
             logger.warning(f"running the action {list(cfg.action)}: {decision.summary(result)}")
-            from reaper import actions  # subprocess: only a tick that acts needs it, not every tick
+            from reaper import actions
 
+            _history_of_action(paths, cfg, result)
             try:
                 output = actions.run(cfg.action, in_unit=cfg.action_name is None and actions.under_systemd())
             except ReaperError as e:
                 logger.error(f"{e}; the next tick tries again")
+                try:
+                    _record_action(paths, cfg, result, clock.now(), error=str(e))
+                except ReaperError as busy:
+                    logger.error(f"the failure was not recorded: {busy}")
                 raise ReaperError(str(e), EXIT_FAILED) from None
             logger.info(f"the action finished{': ' + output if output else ''}")
-            _record_action(paths, result, clock.now())
+            _record_action(paths, cfg, result, clock.now())
             return EXIT_OK
         if dry_run:
             logger.info(f"dry run: {decision.summary(result)}")

@@ -108,6 +108,7 @@ def _cached(cache_dir, key, path):
             ignore_keys=frozenset(c["ignore_keys"]),
             action=tuple(c["action"]),
             dstack=c["dstack"],
+            metrics=c.get("metrics"),
             max_inhibit=c["max_inhibit"],
             may_inhibit=c["may_inhibit"] if isinstance(c["may_inhibit"], str) else tuple(c["may_inhibit"]),
             max_duration=c["max_duration"],
@@ -123,6 +124,8 @@ def _cached(cache_dir, key, path):
     if not all(type(n) is int for n in ints) or not all(type(t) is str for t in texts):
         return None
     if type(config.dstack) is not bool or type(config.notice) is not bool:
+        return None
+    if type(config.metrics) not in (str, type(None)):
         return None
     if config.max_inhibit is not None and type(config.max_inhibit) is not int:
         return None
@@ -145,6 +148,7 @@ def _keep(cache_dir, key, config):
             "ignore_keys": sorted(config.ignore_keys),
             "action": list(config.action),
             "dstack": config.dstack,
+            "metrics": config.metrics,
             "max_inhibit": config.max_inhibit,
             "may_inhibit": config.may_inhibit if isinstance(config.may_inhibit, str) else list(config.may_inhibit),
             "max_duration": config.max_duration,

@@ -116,6 +116,8 @@ def _from_own(path, top, errors):
         action = _action(top["action"][1], errors)
         if action:
             values["action"] = action
+    if "metrics" in top:
+        values["metrics"] = _metrics(top["metrics"][1], errors)
     if "max_inhibit" in top:
         values["max_inhibit"] = _duration(top["max_inhibit"][1], "max_inhibit", errors)
     if "may_inhibit" in top:
@@ -250,3 +252,20 @@ def _action(node, errors):
         errors.add(node, "action", f"{argv[0]!r}: the program must be an absolute path", allowed)
         return None
     return tuple(argv)
+
+
+def _metrics(node, errors):
+    allowed = ALLOWED["metrics"]
+    if not isinstance(node, yaml.ScalarNode):
+        errors.add(node, "metrics", f"a {node.id} is not a path", allowed)
+        return None
+    value = _scalar(node)
+    if value is False or value is None or (isinstance(value, str) and value.lower() == "off"):
+        return None
+    if not isinstance(value, str) or not os.path.isabs(value) or not value.endswith(".prom"):
+        errors.add(node, "metrics", f"{node.value!r} is not an absolute path ending in .prom", allowed)
+        return None
+    if os.path.basename(value) == ".prom" or "\n" in value:
+        errors.add(node, "metrics", f"{node.value!r} names no file", allowed)
+        return None
+    return os.path.normpath(value)

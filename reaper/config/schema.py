@@ -24,6 +24,7 @@ class Config(NamedTuple):  # NamedTuples here and elsewhere: `dataclasses` impor
     max_duration_grace: int | None = 1800  # seconds past max_duration a connected user gets, None: no limit
     notice: bool = True  # write the login notice
     pre_action_timeout: int = 60  # seconds each pre-action hook may take
+    metrics: str | None = None  # the Prometheus textfile the tick writes, None when off
 
     @property
     def action_name(self):
@@ -110,11 +111,17 @@ SCHEMA = (
         " longer is stopped, logged, and the action still runs.",
         "a duration as for inactivity_duration (not off)",
     ),
+    Option(
+        "metrics",
+        "off",
+        "A Prometheus textfile that each tick keeps up to date, for node_exporter's textfile collector.",
+        "off, or an absolute path ending in .prom, e.g. /var/lib/prometheus/node-exporter/idle-reaper.prom",
+    ),
 )
 ALLOWED = {o.key: o.allowed for o in SCHEMA}
 TOP_KEYS = (
     "inactivity_duration", "min_session", "services", "ignore", "action", "max_inhibit", "may_inhibit",
-    "max_duration", "max_duration_grace", "notice", "pre_action_timeout",
+    "max_duration", "max_duration_grace", "notice", "pre_action_timeout", "metrics",
 )  # fmt: skip
 IGNORE_KEYS = ("users", "networks", "keys")
 

@@ -97,6 +97,8 @@ def test_package_holds_the_installed_layout(deb):
         "./usr/share/man/man8/idle-reaper.8.gz",
         "./usr/lib/tmpfiles.d/idle-reaper.conf",
         "./usr/share/doc/idle-reaper/copyright",
+        "./usr/share/doc/idle-reaper/examples/idle-reaper.rules.yml",
+        *(PRIVATE + f"schema/{name}.schema.json" for name in ("status", "history", "inhibit-list")),
     ]
     sources = (p for p in (REPO / "reaper").rglob("*.py") if "__pycache__" not in p.parts)
     plain += [PRIVATE + str(p.relative_to(REPO)) for p in sources]
@@ -219,6 +221,12 @@ def test_service_keeps_what_the_reaper_needs():
     assert s["ProtectSystem"] == "strict"
     assert s["RuntimeDirectory"] == "idle-reaper" and s["RuntimeDirectoryPreserve"] == "yes"
     assert s["RuntimeDirectoryMode"] == "0755"
+    # The history survives reboots in /var/lib/idle-reaper; the metrics may go to Debian's textfile dir.
+    assert (s["StateDirectory"], s["StateDirectoryMode"]) == ("idle-reaper", "0755")
+    # configparser keeps the last of repeated keys; systemd adds them all up.
+    lines = [line for line in (DEBIAN / "idle-reaper.service").read_text().splitlines()]
+    writable = [line.split("=", 1)[1] for line in lines if line.startswith("ReadWritePaths=")]
+    assert writable == ["-/var/lib/prometheus/node-exporter", "-/run/motd.d"], "nothing else is writable"
     assert "AF_UNIX" in s["RestrictAddressFamilies"].split()
 
 

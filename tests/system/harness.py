@@ -369,6 +369,18 @@ class Machine:
             raise AssertionError(f"{self.name} booted degraded:\n{failed}{inotify_note()}")
         return self.booted
 
+    def boot_again(self, timeout=BOOT_TIMEOUT):
+        """Boot the same machine once more after it went down (powered itself off, or was stopped): its
+        overlay, and so its disk (/var, /etc, the journal), is kept for the machine's life, as a VM's disk is
+        across a stop and a start. Return the new boot time (CLOCK_BOOTTIME)."""
+        if self.proc is None or self.running:
+            raise AssertionError(f"{self.name}: boot_again() is for a machine that booted and went down")
+        self.console.close()
+        remove_cgroups(self.cgroups)
+        self.proc = self.leader = self.booted = self.exited_at = self.returncode = self.stopped_by_host = None
+        self._exited = threading.Event()
+        return self.boot(timeout)
+
     def _watch(self):
         self.returncode = self.proc.wait()
         self.exited_at = now()

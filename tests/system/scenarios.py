@@ -351,6 +351,27 @@ def assert_powered_off_on_time(name, r, late_ok=LATE_OK):
     assert t.late <= late_ok, f"it powered off more than {late_ok}s late: {why}"
 
 
+@scenario
+def history_across_boots(image):
+    """dev logs in for a while and leaves; the machine powers off; the same machine boots again, and
+    `idle-reaper history` there shows the previous boot: dev's session and the action with its reason."""
+    r = SimpleNamespace()
+    with image.machine(config()) as m:
+        m.boot()
+        r.first_boot = m.booted
+        session = m.ssh("dev")
+        sleep_until(now() + MIN_SESSION + 2)
+        session.close()
+        r.session_end = m.session_end("dev")
+        r.timing = m.wait_poweroff(r.session_end + DURATION)
+        r.journal = m.journal_text()
+        r.second_boot = m.boot_again()
+        r.history = json.loads(m.inside(["idle-reaper", "history", "--json", "--since", "1h"], user="dev").stdout)
+        r.history_text = m.inside(["idle-reaper", "history", "--since", "1h"], user="dev").stdout
+        r.files = m.inside(["ls", "-l", "/var/lib/idle-reaper"]).stdout
+    return r
+
+
 # --- issue 11: inhibitors -------------------------------------------------------------------------------------
 
 JOB = 60  # the job the user leaves running: `idle-reaper inhibit -- sleep 60`

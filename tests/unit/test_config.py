@@ -197,7 +197,7 @@ def test_schema_lists_every_key_the_loader_accepts():
     keys = {o.key for o in schema.SCHEMA}
     assert keys == {"inactivity_duration", "min_session", "services", "ignore.users", "ignore.networks",
                     "ignore.keys", "action", "max_inhibit", "may_inhibit", "max_duration", "max_duration_grace",
-                    "notice", "pre_action_timeout"}  # fmt: skip
+                    "notice", "pre_action_timeout", "metrics"}  # fmt: skip
 
 
 # --- the parse a tick keeps for the next one ---------------------------------------------------------------
