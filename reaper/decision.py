@@ -4,6 +4,7 @@ Inputs are the config, the boot-relative clock, the state (leases and closed ses
 evidence from the live system. Nothing here reads a file or the clock.
 """
 
+import os
 from typing import NamedTuple
 
 from reaper import policy
@@ -11,6 +12,12 @@ from reaper.config.durations import format_seconds
 from reaper.escape import escape
 from reaper.evidence import activity as kinds
 from reaper.evidence import ssh
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# A session the live check finds logged in but the state doesn't hold is taken as one whose hook has not run
+# yet while its sshd process is younger than this (the hook runs just after pam_loginuid); after that, the
+# hook failed or the state was lost, and nothing acts.
+LOGIN_GRACE = 10.0
 
 # A reason names at most this many sessions; `status` lists them all.
 NAMED = 3
@@ -20,6 +27,8 @@ IDLE = "idle"
 DISABLED = "disabled"
 UNKNOWN = "unknown"
 INHIBITED = "inhibited"
+# blocked_kind of an unknown state that is only a login between pam_loginuid and the hook: not logged as news.
+LOGGING_IN = "logging-in"
 
 INACTIVITY = "inactivity_duration"
 MAX_DURATION = "max_duration"
@@ -238,6 +247,7 @@ def _idle_decision(config, now, boot_started, state, evidence, state_problem=Non
             pending.append((lease, config.min_session - age))
 
     unexplained = []
+    logging_in = []  # seconds until each unrecorded young session would be taken as the hook's failure
     index = (evidence.index or ssh.LeaseIndex(leases)) if evidence.sessions else None
     for session in evidence.sessions:
         if index.explaining(session) is not None:
@@ -252,6 +262,13 @@ def _idle_decision(config, now, boot_started, state, evidence, state_problem=Non
             "opened": None,
         }
         ignored = ignore_reason(record)
+        age = now - session.pid_start / CLK_TCK
+        if ignored is None and not session.container and age < LOGIN_GRACE:
+            # Logged in a moment ago: pam_loginuid has run and the hook, later in the stack, not yet. Unknown
+            # too (nothing acts), but not news: the journal hears of it only if it lasts (then it is below).
+            shown.append((record, False, "logging in: the hook has not recorded it yet", False, False, False))
+            logging_in.append((record, LOGIN_GRACE - age))
+            continue
         shown.append((record, ignored is None, ignored or None, False, False, session.container))
         if ignored is None:
             unexplained.append((record, session.container))
@@ -313,6 +330,10 @@ def _idle_decision(config, now, boot_started, state, evidence, state_problem=Non
         ends = [a.until - now for a in inhibits if a.until is not None]
         reason = f"held by {len(inhibits)} inhibitor(s): {_named_activities(inhibits)}"
         return Decision(INHIBITED, reason, 0.0, None, False, next_check=min(ends) if ends else None, **common)
+    if logging_in:
+        wait = max(0.0, min(w for _, w in logging_in))
+        reason = f"SSH login not recorded by the hook yet: {_named([r for r, _ in logging_in])}"
+        return Decision(UNKNOWN, reason, 0.0, None, False, blocked_kind=LOGGING_IN, next_check=wait, **common)
 
     idle = max(0.0, now - idle_since)
     until = max(0.0, config.inactivity_duration - idle)

@@ -130,6 +130,8 @@ def evaluate(paths, cfg, outbox=None):
         key = decision.change_key(result)
         if memory.get("last") != key:
             level = logger.warning if result.state == decision.UNKNOWN or result.blocked else logger.info
+            if result.blocked_kind == decision.LOGGING_IN:
+                level = logger.debug  # a login between pam_loginuid and the hook: every login has one
             level(decision.summary(result))
             memory["last"], memory["since"] = key, now
             changed = True

@@ -420,6 +420,8 @@ def job_inhibits_after_logout(image):
         r.status_after_end = m.status()
         r.timing = m.wait_poweroff(r.job_end + DURATION)
         r.job_err = (m.root / "var/tmp/job.err").read_text() if (m.root / "var/tmp/job.err").exists() else ""
+        r.journal = m.journal_text()
+    return r
 
 
 # --- the login notice and max_duration (issue 12) ---------------------------------------------------------------
@@ -501,8 +503,11 @@ def inhibit_for_nobody_connected(image):
         r.up_past_boot_deadline = m.running
         r.status_later = m.status(user="dev")
         r.timing = m.wait_poweroff(r.record["until"] + DURATION)
+        r.journal = m.journal_text()
+    return r
 
 
+@scenario
 def max_duration_nobody(image):
     """max_duration: 60s, inactivity_duration off, nobody connects: it powers off 60 s after boot."""
     r = SimpleNamespace()

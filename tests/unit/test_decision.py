@@ -330,3 +330,13 @@ def test_an_activity_no_source_reports_any_more_ended_when_first_seen_gone():
     st = state(reaper={"lasting": {"mosh 4242": "mosh 4242 of alice"}})
     d = decision.decide(cfg(), HOUR + 10, 0.0, st, evidence())
     assert (d.state, d.idle_since, d.last_activity) == ("idle", HOUR + 10, "mosh 4242 of alice ended")
+
+
+def test_a_login_the_hook_has_not_recorded_yet_is_unknown_quietly_then_as_a_failed_hook():
+    # Its sshd process started at 2 h (in clock ticks); the deadline passed long before.
+    young = LiveSession("192.0.2.9", 50000, "127.0.0.1", 22, 1000, "bob", 300, int(2 * HOUR * decision.CLK_TCK))
+    d = decision.decide(cfg(), 2 * HOUR + 3, 0.0, state(), evidence(sessions=[young]))
+    assert (d.state, d.act, d.blocked_kind) == ("unknown", False, "logging-in") and d.next_check == pytest.approx(7)
+    later = decision.decide(cfg(), 2 * HOUR + decision.LOGIN_GRACE + 1, 0.0, state(), evidence(sessions=[young]))
+    assert (later.state, later.act, later.blocked_kind) == ("unknown", False, None)
+    assert "not recorded by the hook (the hook failed" in later.reason
