@@ -12,7 +12,7 @@ the wait counts afresh from there.
 import os
 import time
 
-from reaper import clock, config, decision, defaults, observe, policy
+from reaper import actions, clock, config, decision, defaults, observe, policy
 from reaper.config.durations import format_seconds
 from reaper.errors import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, ReaperError
 from reaper.evidence import activity, ssh
@@ -130,8 +130,10 @@ def evaluate(paths, cfg, outbox=None):
         key = decision.change_key(result)
         if memory.get("last") != key:
             level = logger.warning if result.state == decision.UNKNOWN or result.blocked else logger.info
-            if result.blocked_kind == decision.LOGGING_IN:
-                level = logger.debug  # a login between pam_loginuid and the hook: every login has one
+            if result.blocked_kind == decision.LOGGING_IN and actions.under_systemd():
+                # A login between pam_loginuid and the hook: every login has that moment, so the timer's
+                # ticks don't log it (a person running reap by hand still reads why nothing ran).
+                level = logger.debug
             level(decision.summary(result))
             memory["last"], memory["since"] = key, now
             changed = True
