@@ -87,6 +87,7 @@ def test_package_holds_the_installed_layout(deb):
         "./lib/systemd/system/idle-reaper-action.service",
         "./usr/share/pam-configs/idle-reaper",
         "./etc/idle-reaper/config.yaml",
+        "./etc/ssh/sshd_config.d/idle-reaper.conf",
         "./usr/share/man/man8/idle-reaper.8.gz",
         "./usr/lib/tmpfiles.d/idle-reaper.conf",
         "./usr/share/doc/idle-reaper/copyright",
@@ -102,7 +103,10 @@ def test_package_holds_the_installed_layout(deb):
     # Private, as Debian's Python policy asks of an application; byte-compiled at install, not shipped.
     assert not [p for p in files if "/dist-packages" in p or "/site-packages" in p]
     assert not [p for p in files if "__pycache__" in p or p.endswith(".pyc") or ".dist-info" in p]
-    assert _control_file(deb.deb, "conffiles").split() == ["/etc/idle-reaper/config.yaml"]
+    assert sorted(_control_file(deb.deb, "conffiles").split()) == [
+        "/etc/idle-reaper/config.yaml",
+        "/etc/ssh/sshd_config.d/idle-reaper.conf",
+    ]
 
 
 def test_control_fields(deb):
