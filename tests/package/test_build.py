@@ -152,6 +152,16 @@ def test_maintainer_scripts_manage_pam_and_never_start_the_service(deb):
     assert "idle-reaper-action.service" not in postinst, "the action's unit is started only by a tick"
 
 
+def test_the_sshd_drop_in_ends_vanished_clients_and_postinst_reloads_only_a_running_sshd(deb):
+    drop_in = (PACKAGING / "sshd_config.d" / "idle-reaper.conf").read_text()
+    settings = [line.split() for line in drop_in.splitlines() if line.strip() and not line.startswith("#")]
+    assert settings == [["ClientAliveInterval", "30"], ["ClientAliveCountMax", "4"]]
+    postinst = _control_file(deb.deb, "postinst")
+    # Not in an image build (no systemd running) and not when sshd doesn't run; policy-rc.d is asked.
+    assert "[ -d /run/systemd/system ] && systemctl --quiet is-active ssh.service" in postinst
+    assert "deb-systemd-invoke reload ssh.service" in postinst
+
+
 def test_timer_cadence_lands_the_action_on_the_deadline():
     timer, service = _unit("idle-reaper.timer"), _unit("idle-reaper.service")
     t = timer["Timer"]
