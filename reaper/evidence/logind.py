@@ -21,7 +21,7 @@ from reaper.evidence import activity
 KIND = "logind"
 # logind makes this when it starts; systemd's own logind_running() tests for it the same way.
 SEATS_DIR = "/run/systemd/seats"
-# One file per inhibitor (and a .ref FIFO), made with the first one.
+# One file per inhibitor (and its .ref FIFO); logind makes it empty at start (seen on systemd 252).
 INHIBIT_DIR = "/run/systemd/inhibit"
 BUSCTL = "/usr/bin/busctl"
 CALL = (
