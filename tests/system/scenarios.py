@@ -337,6 +337,7 @@ def session_just_before_deadline(image):
 MOSH_PACKAGES = (*debroot.PACKAGES, "locales", "mosh")
 INHIBIT_FOR = DURATION + 25  # the logind inhibitor lasts this long from just after boot, well past the deadline
 MOSH_HOLD = DURATION + 25  # the mosh user types until this long after boot
+MOSH_START_AFTER = DURATION + 15  # the mosh scenario builds its image variant this long after the others start
 TYPE_EVERY = 2.0  # seconds between the mosh user's commands
 # mosh-server rewrites its utmp entry after 30 s without hearing from the client (its heartbeat is every 3 s).
 MOSH_DETACH = 30
@@ -397,6 +398,9 @@ def mosh_typing_then_client_killed(image):
     """A real mosh session: dev types a command every TYPE_EVERY s until MOSH_HOLD after boot, then the client is
     SIGKILLed. mosh-server lives on, but stops counting once its utmp entry says no client is attached."""
     r = SimpleNamespace()
+    # Its image's package install (dpkg, byte-compiling) would compete for the CPU with the other scenarios'
+    # machines around their first deadlines (boot + DURATION): it starts after them.
+    time.sleep(MOSH_START_AFTER)
     with Image.build(image.deb, packages=MOSH_PACKAGES, parent=image.workdir) as mosh_image:
         with mosh_image.machine(config()) as m:
             m.boot()
