@@ -65,7 +65,7 @@ def activities(inhibitors, cfg, start_of, boot):
     """Given parsed inhibitors, return the Activity of each idle one. start_of(pid) is the process's start in
     CLOCK_BOOTTIME seconds, or None if it is gone (the descriptor handed on): then it counts from `boot`, the
     earliest it can have begun, so max_inhibit still ends it."""
-    cap = getattr(cfg, "max_inhibit", None)  # reaper/config/schema.py gains max_inhibit with issue 11
+    cap = cfg.max_inhibit  # seconds, None when off
     found, per_pid = [], {}
     for what, who, why, mode, uid, pid in sorted(inhibitors, key=lambda i: (i[5], i[1], i[2], i[0])):
         if not holds_idle(what, mode):

@@ -16,8 +16,8 @@ ANSWER = (
     '["shutdown:sleep","NetworkManager","NetworkManager needs to turn off networks","delay",0,77]]]}'
 )
 EMPTY = '{"type":"a(ssssuu)","data":[[]]}'
-CFG = Config(path="test.yaml", inactivity_duration=3600)
-CAPPED = SimpleNamespace(max_inhibit=7200)  # until the key lands in reaper/config/schema.py (issue 11)
+CFG = Config(path="test.yaml", inactivity_duration=3600, max_inhibit=None)
+CAPPED = CFG._replace(max_inhibit=7200)
 BOOT = 10.0
 
 
@@ -74,9 +74,14 @@ def test_an_idle_inhibitor_is_an_inhibit_activity_with_its_who_why_user_and_pid_
     assert a.end(10_000.0) is None, "it lasts while logind lists it"
 
 
-def test_without_max_inhibit_in_the_config_it_is_not_capped():
+def test_with_max_inhibit_off_it_is_not_capped():
     (a,) = logind.activities(logind.parse(ANSWER), CFG, starts(p245=500.0), BOOT)
     assert a.until is None and not a.capped
+
+
+def test_the_default_max_inhibit_caps_it_a_day_after_its_process_start():
+    (a,) = logind.activities(logind.parse(ANSWER), Config("t.yaml", 3600), starts(p245=500.0), BOOT)
+    assert a.until == 500.0 + 86400 and a.capped
 
 
 def test_max_inhibit_caps_it_from_its_process_start():
