@@ -18,7 +18,7 @@ ACTIVE = "active"
 INHIBIT = "inhibit"
 
 # The modules of reaper.evidence that report activities, in the order status shows them.
-SOURCES = ("inhibitors",)
+SOURCES = ("inhibitors", "logind", "mosh")
 
 
 class Activity(NamedTuple):

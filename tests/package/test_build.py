@@ -94,6 +94,7 @@ def test_package_holds_the_installed_layout(deb):
         "./lib/systemd/system/idle-reaper-action.service",
         "./usr/share/pam-configs/idle-reaper",
         "./etc/idle-reaper/config.yaml",
+        "./etc/ssh/sshd_config.d/idle-reaper.conf",
         "./usr/share/man/man8/idle-reaper.8.gz",
         "./usr/lib/tmpfiles.d/idle-reaper.conf",
         "./usr/share/doc/idle-reaper/copyright",
@@ -111,7 +112,10 @@ def test_package_holds_the_installed_layout(deb):
     # Private, as Debian's Python policy asks of an application; byte-compiled at install, not shipped.
     assert not [p for p in files if "/dist-packages" in p or "/site-packages" in p]
     assert not [p for p in files if "__pycache__" in p or p.endswith(".pyc") or ".dist-info" in p]
-    assert _control_file(deb.deb, "conffiles").split() == ["/etc/idle-reaper/config.yaml"]
+    assert sorted(_control_file(deb.deb, "conffiles").split()) == [
+        "/etc/idle-reaper/config.yaml",
+        "/etc/ssh/sshd_config.d/idle-reaper.conf",
+    ]
 
 
 def test_control_fields(deb):
@@ -155,6 +159,16 @@ def test_maintainer_scripts_manage_pam_and_never_start_the_service(deb):
     assert "'idle-reaper.timer'" in postinst and "'idle-reaper.path'" in postinst
     assert "idle-reaper.service" not in postinst
     assert "idle-reaper-action.service" not in postinst, "the action's unit is started only by a tick"
+
+
+def test_the_sshd_drop_in_ends_vanished_clients_and_postinst_reloads_only_a_running_sshd(deb):
+    drop_in = (PACKAGING / "sshd_config.d" / "idle-reaper.conf").read_text()
+    settings = [line.split() for line in drop_in.splitlines() if line.strip() and not line.startswith("#")]
+    assert settings == [["ClientAliveInterval", "30"], ["ClientAliveCountMax", "4"]]
+    postinst = _control_file(deb.deb, "postinst")
+    # Not in an image build (no systemd running) and not when sshd doesn't run; policy-rc.d is asked.
+    assert "[ -d /run/systemd/system ] && systemctl --quiet is-active ssh.service" in postinst
+    assert "deb-systemd-invoke reload ssh.service" in postinst
 
 
 def test_timer_cadence_lands_the_action_on_the_deadline():

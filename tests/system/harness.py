@@ -25,6 +25,7 @@ import json
 import os
 import pathlib
 import queue
+import random
 import shutil
 import signal
 import socket
@@ -107,6 +108,18 @@ def free_port():
     with _ports_lock:
         while True:
             with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _ports_given:
+                _ports_given.add(port)
+                return port
+
+
+def free_udp_port():
+    """Return a free UDP port on 127.0.0.1 that this process has not handed out before (for mosh-server)."""
+    with _ports_lock:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             if port not in _ports_given:
@@ -240,12 +253,15 @@ class Image:
 
     @classmethod
     @contextlib.contextmanager
-    def build(cls, deb=None, users=USERS, parent=None):
-        """Yield an Image: an overlay over the cached rootfs with the package installed; removed afterwards."""
+    def build(cls, deb=None, users=USERS, parent=None, packages=debroot.PACKAGES):
+        """Yield an Image: an overlay over the cached rootfs with the package installed; removed afterwards.
+
+        `packages` picks the cached rootfs (tests/debroot.py): a variant with more packages is cached apart.
+        """
         deb = pathlib.Path(deb) if deb else find_deb()
         workdir = pathlib.Path(tempfile.mkdtemp(prefix="irs-", dir=parent))
         try:
-            with debroot.fresh_root(parent=workdir) as root:
+            with debroot.fresh_root(packages, parent=workdir) as root:
                 shutil.copy(deb, root / "var/tmp/idle-reaper.deb")
                 debroot.nspawn(root, "apt-get", "install", "-y", "--no-install-recommends", "/var/tmp/idle-reaper.deb")
                 (root / "var/tmp/idle-reaper.deb").unlink()
@@ -478,6 +494,11 @@ class Machine:
             )
         return done
 
+    def inside_start(self, argv):
+        """Start argv inside the running machine as root, in the background; return its Popen (nsenter's)."""
+        cmd = ["nsenter", "-t", str(self.leader), "-a", *INSIDE_ENV, *argv]
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def status(self, user=None):
         """Return `idle-reaper status --json` as read inside the machine, as root or as a test user."""
         return json.loads(self.inside(["idle-reaper", "status", "--json"], user=user).stdout)
@@ -558,6 +579,29 @@ class Machine:
         session = Session(self, [*self.ssh_argv(user), command], interactive=False)
         self._sessions.append(session)
         return session
+
+    def ssh_from(self, netns, address, user):
+        """Open a shell session as `user` from network namespace `netns` to the machine's sshd at `address`."""
+        argv = ["ip", "netns", "exec", netns, *self.ssh_argv(user)[:-1], f"{user}@{address}", "exec sh"]
+        session = Session(self, argv)
+        self._sessions.append(session)
+        session.wait_ready()
+        return session
+
+    def mosh(self, user):
+        """Start a mosh session of `user` (see MoshClient) and return it once mosh-server has a client."""
+        client = MoshClient(self, user)
+        self._sessions.append(client)
+        return client
+
+    def mosh_entries(self):
+        """Return the machine's utmp entries of mosh-server (reaper.evidence.mosh.parse), [] without utmp."""
+        from reaper.evidence import mosh
+
+        try:
+            return mosh.parse(pathlib.Path(f"/proc/{self.leader}/root/run/utmp").read_bytes())
+        except FileNotFoundError:
+            return []
 
     def stranger(self, kind):
         """Start a Stranger of this kind against the machine's sshd and return it (see Stranger)."""
@@ -695,6 +739,116 @@ class Session:
             self.proc.kill()
             self.proc.wait()
         self.stderr.close()
+
+
+class MoshClient:
+    """A mosh session: mosh-server started over SSH as `mosh` starts it (it prints its port and key, detaches, and
+    the SSH session ends), then mosh-client on a pseudo-terminal of the host, run inside the machine (the
+    image variant with mosh has it; the host need not). `type()` sends a line; `output` is what came back."""
+
+    def __init__(self, machine, user, timeout=30):
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        self.machine = machine
+        port = free_udp_port()
+        done = machine.ssh_run(user, f"LANG=C.UTF-8 mosh-server new -s -p {port} -l LANG=C.UTF-8 2>&1")
+        connect = [line.split() for line in done.stdout.splitlines() if line.startswith("MOSH CONNECT ")]
+        detached = [line for line in done.stdout.splitlines() if "detached, pid = " in line]
+        if done.returncode != 0 or not connect or not detached:
+            raise AssertionError(f"mosh-server did not start: {done.returncode}\n{done.stdout}{done.stderr}")
+        _, _, self.port, key = connect[0]
+        self.server_pid = int(detached[0].split("pid = ")[1].rstrip("]").strip())
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # mosh-client needs a size
+        env = ["env", "-i", "PATH=/usr/bin:/bin", "LANG=C.UTF-8", "TERM=xterm", f"MOSH_KEY={key}"]
+        argv = ["nsenter", "-t", str(machine.leader), "-a", *env, "mosh-client", "127.0.0.1", self.port]
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        os.close(slave)
+        self.output = b""
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+        give_up = now() + timeout
+        while not any(e["attached"] for e in machine.mosh_entries()):
+            if self.proc.poll() is not None or now() > give_up:
+                raise AssertionError(f"mosh-client did not attach: {self.output[-500:]!r}")
+            time.sleep(0.1)
+
+    def _read(self):
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            with self._lock:
+                self.output += chunk
+
+    def type(self, line):
+        os.write(self.master, line.encode() + b"\r")
+
+    def client_pid(self):
+        """The host pid of mosh-client (nsenter's child), or None."""
+        return next((pid for pid, comm in _children(self.proc.pid) if comm == "mosh-client"), None)
+
+    def kill(self):
+        """SIGKILL mosh-client: it tells mosh-server nothing (cleanup, and the vanished client of a test)."""
+        pid = self.client_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+        with contextlib.suppress(OSError):
+            os.close(self.master)
+
+
+class Netns:
+    """A network namespace of our own, joined to the host's by a veth pair with addresses on both ends, so that
+    a client in it can vanish: `link_down()` takes its end down and nothing more (no FIN, no RST) reaches the
+    other side. Deleted on exit. Names start with irt-lg-; nothing on the host's own interfaces changes."""
+
+    def __init__(self):
+        tag = uuid.uuid4().hex[:6]
+        self.name = f"irt-lg-{tag}"
+        self.host_dev, self.ns_dev = f"irtlg{tag}h", f"irtlg{tag}n"
+        used = _run(["ip", "-o", "addr"]).stdout
+        while True:
+            net = f"10.{random.randint(200, 254)}.{random.randint(0, 255)}.{random.randrange(0, 256, 4)}"
+            prefix = net.rsplit(".", 1)[0] + "."
+            if prefix not in used:
+                break
+        base = int(net.rsplit(".", 1)[1])
+        self.host_addr, self.ns_addr = f"{prefix}{base + 1}", f"{prefix}{base + 2}"
+
+    def __enter__(self):
+        steps = [
+            ["ip", "netns", "add", self.name],
+            ["ip", "link", "add", self.host_dev, "type", "veth", "peer", "name", self.ns_dev, "netns", self.name],
+            ["ip", "addr", "add", f"{self.host_addr}/30", "dev", self.host_dev],
+            ["ip", "link", "set", self.host_dev, "up"],
+            ["ip", "-n", self.name, "addr", "add", f"{self.ns_addr}/30", "dev", self.ns_dev],
+            ["ip", "-n", self.name, "link", "set", self.ns_dev, "up"],
+            ["ip", "-n", self.name, "link", "set", "lo", "up"],
+        ]
+        try:
+            for step in steps:
+                _run(step, check=True)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def link_down(self):
+        _run(["ip", "-n", self.name, "link", "set", self.ns_dev, "down"], check=True)
+
+    def __exit__(self, *exc):
+        _run(["ip", "netns", "del", self.name])
+        _run(["ip", "link", "del", self.host_dev])  # gone with the namespace already, normally
 
 
 # A stranger's password prompt: the first answer is a wrong password; later prompts are never answered, until
