@@ -260,7 +260,7 @@ def _section(text, title):
 
 def _dict_keys(function):
     """Return the string keys of the dict literals in a function of reaper/commands/status.py."""
-    tree = ast.parse((REPO / "reaper" / "status.py").read_text())
+    tree = ast.parse((REPO / "reaper" / "commands" / "status.py").read_text())
     node = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
     return {k.value for d in ast.walk(node) if isinstance(d, ast.Dict) for k in d.keys if isinstance(k, ast.Constant)}
 
