@@ -1,5 +1,5 @@
 """Fixtures of the package tier: the .deb built once per session (and a later version to upgrade to), and
-throwaway bookworm roots to install it in (tests/debroot.py)."""
+throwaway roots of every supported Debian (bookworm, trixie) to install that one .deb in (tests/debroot.py)."""
 
 import pathlib
 import shutil
@@ -51,10 +51,37 @@ def deb_upgrade(tmp_path_factory, deb):
     return build(tmp_path_factory.mktemp("deb-upgrade"), deb.version + UPGRADE_SUFFIX)
 
 
+def units_in_lib(b, out):
+    """Repack a Build with its units in /lib/systemd/system, where bookworm's debhelper put them before the
+    package moved them to /usr/lib (packaging/debian/rules); return the repacked Build (no .changes)."""
+    tree = out / "tree"
+    subprocess.run(["dpkg-deb", "-R", str(b.deb), str(tree)], check=True)
+    (tree / "lib" / "systemd").mkdir(parents=True)
+    (tree / "usr/lib/systemd/system").rename(tree / "lib/systemd/system")
+    (tree / "usr/lib/systemd").rmdir()
+    md5sums = tree / "DEBIAN" / "md5sums"
+    md5sums.write_text(md5sums.read_text().replace("  usr/lib/systemd/system/", "  lib/systemd/system/"))
+    deb = out / b.deb.name
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], check=True, capture_output=True)
+    return Build(b.version, deb, None)
+
+
+@pytest.fixture(scope="session")
+def deb_units_in_lib(tmp_path_factory, deb):
+    """The package as bookworm's debhelper laid it out unchanged: the units in /lib/systemd/system."""
+    return units_in_lib(deb, tmp_path_factory.mktemp("deb-lib"))
+
+
+@pytest.fixture(params=debroot.SUITES)
+def suite(request):
+    """Each Debian release the package supports: a test that installs the package runs once on each."""
+    return request.param
+
+
 @pytest.fixture
-def root(require_root):
-    """A fresh writable bookworm root (minbase, systemd not running in it), gone after the test."""
-    with debroot.fresh_root() as path:
+def root(require_root, suite):
+    """A fresh writable root of the suite (minbase, systemd not running in it), gone after the test."""
+    with debroot.fresh_root(suite=suite) as path:
         yield path
 
 

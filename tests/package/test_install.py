@@ -1,7 +1,9 @@
-"""The package's life in a debootstrapped bookworm root, as in an image build (no systemd running): install,
-reinstall, upgrade, remove, purge. And once on a booted systemd: a live install starts the timer, runs no reap.
+"""The package's life in a debootstrapped root, as in an image build (no systemd running): install, reinstall,
+upgrade, remove, purge. And once on a booted systemd: a live install starts the timer, runs no reap.
 
-Each test gets its own overlay over the cached rootfs (tests/debroot.py), so each starts from a clean Debian.
+Every test runs once on each supported Debian (bookworm and trixie: the `suite` fixture), with the one .deb that
+`make deb` builds. Each gets its own overlay over the suite's cached rootfs (tests/debroot.py), so each starts
+from a clean Debian.
 """
 
 import hashlib
@@ -21,9 +23,10 @@ from tests.package.conftest import PT_INTERP, PT_LOAD, apt_install, elf_segment_
 LAUNCHER = "/usr/libexec/idle-reaper/pam-session"
 HOOK_LINE = f"session\toptional\tpam_exec.so quiet {LAUNCHER}"
 PAM_DIR = "etc/pam.d"
-UNITS = (
-    "/lib/systemd/system/idle-reaper.service /lib/systemd/system/idle-reaper.timer /lib/systemd/system/idle-reaper.path"
-)
+UNIT_DIR = "/usr/lib/systemd/system"
+OLD_UNIT_DIRS = ("/lib/systemd/system", "/lib/systemd")  # where bookworm's debhelper put the units
+ALL_UNITS = sorted(["idle-reaper.service", "idle-reaper.timer", "idle-reaper.path", "idle-reaper-action.service"])
+UNITS = " ".join(f"{UNIT_DIR}/idle-reaper{suffix}" for suffix in (".service", ".timer", ".path"))
 TIMER_LINK = "etc/systemd/system/timers.target.wants/idle-reaper.timer"
 # What dpkg, apt and debconf keep for themselves (logs, caches, backups of their databases): not ours.
 BOOKKEEPING = ("var/log/", "var/cache/apt/", "var/lib/apt/", "var/lib/dpkg/status", "var/cache/debconf/")
@@ -39,6 +42,11 @@ def _pam_lines(root):
         if lines:
             found[path.name] = lines
     return found
+
+
+def _warnings(output):
+    """Return the lines of apt's and dpkg's output that warn (`W: ...`, `dpkg: warning: ...`)."""
+    return [line for line in output.splitlines() if line.startswith("W: ") or "warning:" in line]
 
 
 def _snapshot(root):
@@ -91,10 +99,14 @@ def test_installed_commands_run_under_debian_python(root, deb):
     assert lines[2].startswith("State:     disabled")
     status = json.loads(out.stdout[out.stdout.index("{") :])
     assert status["state"] == "disabled" and status["inactivity_duration"] is None and status["sessions"] == []
-    # Under Debian's own libraries (bookworm's filelock is 3.9, not PyPI's 4.x), byte-compiled at install.
-    libs = sh(root, "python3 -I -c 'import filelock, yaml; print(filelock.__version__, yaml.__file__)'").stdout.split()
-    assert libs[0].startswith("3.9.") and libs[1].startswith("/usr/lib/python3/dist-packages/"), libs
-    assert list((root / "usr/share/idle-reaper/reaper/__pycache__").glob("cli.cpython-311.pyc"))
+    # Under the suite's own libraries (bookworm's filelock is 3.9, trixie's 3.18, neither PyPI's 4.x), and
+    # byte-compiled at install for the suite's Python (3.11, 3.13).
+    code = "import filelock, sys, yaml; print(filelock.__version__, yaml.__file__, sys.implementation.cache_tag)"
+    version, yaml_file, cache_tag = sh(root, f"python3 -I -c '{code}'").stdout.split()
+    debian = sh(root, "dpkg-query -W -f '${Version}' python3-filelock").stdout
+    assert debian.startswith(version + "-"), (version, debian)
+    assert yaml_file.startswith("/usr/lib/python3/dist-packages/"), yaml_file
+    assert list((root / "usr/share/idle-reaper/reaper/__pycache__").glob(f"cli.{cache_tag}.pyc")), cache_tag
     man = sh(root, "test -f /usr/share/man/man8/idle-reaper.8.gz && echo ok")
     assert man.stdout.strip() == "ok"
 
@@ -155,7 +167,7 @@ MARKER = "/var/tmp/preload-ran-as-root"
 
 @pytest.fixture
 def preload_library(root, tmp_path):
-    """Build the marker library with the host's gcc (glibc as bookworm's) into root's /var/tmp."""
+    """Build the marker library with the host's gcc into root's /var/tmp (bookworm's glibc: trixie's loads it)."""
     source = tmp_path / "preload.c"
     source.write_text(PRELOAD_SOURCE)
     cmd = ["gcc", "-shared", "-fPIC", "-Wall", "-Werror", f'-DMARKER="{MARKER}"', "-o", str(root / PRELOAD[1:])]
@@ -242,11 +254,36 @@ def test_upgrade_keeps_an_edited_config(root, deb, deb_upgrade):
     assert (root / TIMER_LINK).is_symlink()
 
 
+def test_upgrade_from_units_in_lib_moves_them_to_usr_lib_and_loses_none(root, deb_units_in_lib, deb_upgrade):
+    # A package built before the move (bookworm's debhelper: /lib/systemd/system). On trixie and a merged-/usr
+    # bookworm both paths are one directory, so dpkg must see that the "old" /lib files are the new ones and
+    # leave them: it compares inodes before it removes a file the new version no longer lists.
+    old, new = put(root, deb_units_in_lib, deb_upgrade)
+    sh(root, apt_install(old))
+    assert "/lib/systemd/system/idle-reaper.timer" in sh(root, "dpkg -L idle-reaper").stdout.split()
+    out = sh(root, f"{apt_install(new)} 2>&1 </dev/null")
+    # On trixie no other package lists /lib/systemd/system, so dpkg tries to remove the old directories, and
+    # can't: through the alias they are /usr/lib/systemd/system, where the new units already are. That once,
+    # it warns; bookworm's systemd owns them, so there it doesn't try.
+    kept = {f"dpkg: warning: unable to delete old directory '{d}': Directory not empty" for d in OLD_UNIT_DIRS}
+    assert set(_warnings(out.stdout)) <= kept, out.stdout
+    listed = [p for p in sh(root, "dpkg -L idle-reaper").stdout.split() if "/systemd/system/" in p]
+    assert sorted(listed) == sorted(f"{UNIT_DIR}/{u}" for u in ALL_UNITS)
+    present = sh(root, f"cd {UNIT_DIR} && ls {' '.join(ALL_UNITS)}").stdout.split()
+    assert present == ALL_UNITS, "the upgrade lost units"
+    assert sh(root, "test -f /etc/systemd/system/timers.target.wants/idle-reaper.timer && echo ok").stdout == "ok\n"
+    out = sh(root, "apt-get purge -y -q idle-reaper 2>&1")
+    assert _warnings(out.stdout) == [], "purge warned"
+    assert not list((root / UNIT_DIR.lstrip("/")).glob("idle-reaper*"))
+
+
 def test_remove_takes_the_hook_out_of_pam_and_keeps_the_config(root, deb):
     (path,) = put(root, deb)
     sh(root, apt_install(path))
     (root / "etc/idle-reaper/config.yaml").write_text("inactivity_duration: 1h\n")
-    sh(root, "apt-get remove -y -q idle-reaper")
+    out = sh(root, "apt-get remove -y -q idle-reaper 2>&1")
+    # Not "directory '/lib/systemd/system' not empty so not removed", as on trixie with the units in /lib.
+    assert _warnings(out.stdout) == []
     assert _pam_lines(root) == {}
     assert (root / "etc/idle-reaper/config.yaml").read_text() == "inactivity_duration: 1h\n"
     assert not (root / "usr/share/idle-reaper").exists()
@@ -261,8 +298,9 @@ def test_purge_leaves_nothing_behind(root, deb):
     # Install, use (the hook writes state), purge: all in one run, so /run is the same tmpfs throughout.
     hook = f"env -i PAM_TYPE=open_session PAM_USER=root PAM_SERVICE=sshd {LAUNCHER}"
     script = f"{apt_install(path)} >/dev/null; {hook}; echo used $(ls /run/idle-reaper)"
-    out = sh(root, f"{script}; apt-get purge -y -q idle-reaper >/dev/null; echo left $(ls -A /run)").stdout
+    out = sh(root, f"{script}; apt-get purge -y -q idle-reaper 2>&1; echo left $(ls -A /run)").stdout
     lines = dict(line.split(" ", 1) for line in out.splitlines() if line.startswith(("used ", "left ")))
+    assert _warnings(out) == [], "purge warned"
     assert "state.json" in lines["used"].split()
     assert "idle-reaper" not in lines["left"].split()
     after = _snapshot(root)
