@@ -134,13 +134,14 @@ def _debootstrap(target, packages, suite):
 
 
 @contextlib.contextmanager
-def fresh_root(packages=PACKAGES, parent=None, copy=False, suite=SUITE):
+def fresh_root(packages=PACKAGES, parent=None, copy=False, suite=SUITE, lower=None):
     """Yield a writable rootfs for one test, from the cache; unmount and delete it afterwards.
 
     It is an overlayfs over the cached rootfs, or a `cp -a` copy with copy=True or where overlayfs fails.
-    Its directory name is unique, because systemd-nspawn derives the machine name from it.
+    Its directory name is unique, because systemd-nspawn derives the machine name from it. With `lower` (a
+    root that another fresh_root() yielded and still holds, say), it is over that instead of the cache.
     """
-    lower = cached_rootfs(packages, suite)
+    lower = lower or cached_rootfs(packages, suite)
     work = pathlib.Path(tempfile.mkdtemp(prefix="idle-reaper-root-", dir=parent))
     root = work / f"deb-{uuid.uuid4().hex[:12]}"
     mounted = False
