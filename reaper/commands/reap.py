@@ -46,14 +46,15 @@ def file_lock(path, timeout):
 
     filelock 3.10 and later set the file's mode at every attempt to take the lock, before they have it: to
     0644 unless told otherwise, so trixie's 3.18 would leave the file open to every user while a tick waits
-    for the lock. Bookworm's 3.9 takes no mode and leaves the file's alone.
+    for the lock. Bookworm's 3.9 takes no mode and leaves the file's alone. Asked, not tried: a FileLock
+    whose __init__ fails complains on stderr from its __del__.
     """
     import filelock
 
-    try:
+    init = filelock.FileLock.__init__.__code__
+    if "mode" in init.co_varnames[: init.co_argcount + init.co_kwonlyargcount]:
         return filelock.FileLock(path, timeout=timeout, mode=defaults.LOCK_MODE)
-    except TypeError:
-        return filelock.FileLock(path, timeout=timeout)
+    return filelock.FileLock(path, timeout=timeout)
 
 
 class _StateLock:
