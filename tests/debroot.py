@@ -1,14 +1,19 @@
-"""A cached Debian bookworm root filesystem for the package and system tiers, and fresh throwaway copies of it.
+"""Cached Debian root filesystems (bookworm, trixie) for the package and system tiers, and throwaway copies of them.
 
-    root = debroot.cached_rootfs()          # builds once (debootstrap, about a minute), then reused
-    with debroot.fresh_root() as root:      # a writable copy for one test, gone afterwards
+    root = debroot.cached_rootfs()          # bookworm; builds once (debootstrap, about a minute), then reused
+    root = debroot.cached_rootfs(suite="trixie")
+    with debroot.fresh_root(suite="trixie") as root:   # a writable copy for one test, gone afterwards
         debroot.nspawn(root, "apt-get", "install", "-y", "/var/tmp/idle-reaper.deb")
 
 The cache lives outside the repo, under /var/cache/idle-reaper-tests/ (or $IDLE_REAPER_TEST_CACHE), one entry per
-package list: `bookworm-minbase-<hash>/rootfs`. An entry is built in a temp dir and renamed into place, under a
-lock, so two pytest processes never both build it and nobody sees a half-built one. It is never modified after
-that: each test gets an overlayfs over it (about 3 ms; a full `cp -a` of the ~300 MB tree takes about 2 s), or a
-copy where overlayfs can't be mounted.
+suite and package list: `trixie-minbase-<hash>/rootfs`. An entry is built in a temp dir and renamed into place,
+under a lock, so two pytest processes never both build it and nobody sees a half-built one. It is never modified
+after that: each test gets an overlayfs over it (about 3 ms; a full `cp -a` of the ~300 MB tree takes about 2 s), or
+a copy where overlayfs can't be mounted.
+
+debootstrap installs the packages of the list that PACKAGES has too; apt-get installs the rest inside afterwards.
+debootstrap's own ordering fails to configure larger sets: trixie with lintian included failed on
+ca-certificates and libnet-ssleay-perl, after five retries and four minutes.
 """
 
 import contextlib
@@ -22,6 +27,8 @@ import tempfile
 import uuid
 
 SUITE = "bookworm"
+# Every Debian release the package supports: Debian 12 and Debian 13.
+SUITES = ("bookworm", "trixie")
 VARIANT = "minbase"
 # One rootfs serves both tiers: the package tier (install cycle) and the nspawn system tier (boot, sshd, logind).
 PACKAGES = (
@@ -39,6 +46,9 @@ PACKAGES = (
     "systemd",
     "systemd-sysv",
 )
+# Checks that run inside a suite's own rootfs: its lintian, and the unit tests on its Python (tests/conftest.py
+# runs `make launcher`, which finds the launcher up to date).
+CHECK_PACKAGES = (*PACKAGES, "lintian", "make", "python3-pytest")
 # Bump when the way an entry is built changes, so old entries are not reused.
 BUILD_FORMAT = "1"
 CACHE_DIR = pathlib.Path(os.environ.get("IDLE_REAPER_TEST_CACHE", "/var/cache/idle-reaper-tests"))
@@ -98,10 +108,12 @@ def cached_rootfs(packages=PACKAGES, suite=SUITE):
 
 def _debootstrap(target, packages, suite):
     target.parent.mkdir(parents=True)
+    base = sorted(set(packages) & set(PACKAGES))
+    extra = sorted(set(packages) - set(PACKAGES))
     cmd = [
         "debootstrap",
         f"--variant={VARIANT}",
-        "--include=" + ",".join(sorted(set(packages))),
+        *(["--include=" + ",".join(base)] if base else []),
         suite,
         str(target),
         mirror(),
@@ -111,19 +123,25 @@ def _debootstrap(target, packages, suite):
     )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    if extra:
+        # With the package lists debootstrap left; apt orders the configuring as debootstrap does not.
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *extra]
+        nspawn(target, *install, timeout=DEBOOTSTRAP_TIMEOUT)
+        nspawn(target, "apt-get", "clean")
     # The downloaded .debs (~50 MB) are of no use to the tests.
     for deb in (target / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
 
 
 @contextlib.contextmanager
-def fresh_root(packages=PACKAGES, parent=None, copy=False, suite=SUITE):
+def fresh_root(packages=PACKAGES, parent=None, copy=False, suite=SUITE, lower=None):
     """Yield a writable rootfs for one test, from the cache; unmount and delete it afterwards.
 
     It is an overlayfs over the cached rootfs, or a `cp -a` copy with copy=True or where overlayfs fails.
-    Its directory name is unique, because systemd-nspawn derives the machine name from it.
+    Its directory name is unique, because systemd-nspawn derives the machine name from it. With `lower` (a
+    root that another fresh_root() yielded and still holds, say), it is over that instead of the cache.
     """
-    lower = cached_rootfs(packages, suite)
+    lower = lower or cached_rootfs(packages, suite)
     work = pathlib.Path(tempfile.mkdtemp(prefix="idle-reaper-root-", dir=parent))
     root = work / f"deb-{uuid.uuid4().hex[:12]}"
     mounted = False

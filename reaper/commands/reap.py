@@ -41,6 +41,22 @@ def _lock_holder(lock_file, proc):
     return None
 
 
+def file_lock(path, timeout):
+    """Given the lock file's path, return a filelock.FileLock on it that keeps the file's mode 0600.
+
+    filelock 3.10 and later set the file's mode at every attempt to take the lock, before they have it: to
+    0644 unless told otherwise, so trixie's 3.18 would leave the file open to every user while a tick waits
+    for the lock. Bookworm's 3.9 takes no mode and leaves the file's alone. Asked, not tried: a FileLock
+    whose __init__ fails complains on stderr from its __del__.
+    """
+    import filelock
+
+    init = filelock.FileLock.__init__.__code__
+    if "mode" in init.co_varnames[: init.co_argcount + init.co_kwonlyargcount]:
+        return filelock.FileLock(path, timeout=timeout, mode=defaults.LOCK_MODE)
+    return filelock.FileLock(path, timeout=timeout)
+
+
 class _StateLock:
     """The reaper's lock: filelock on the lock file, which is created first with mode 0600."""
 
@@ -50,7 +66,7 @@ class _StateLock:
         self.state_dir = state_dir
         self.proc = proc
         os.close(leases.open_lock_file(state_dir))
-        self.lock = filelock.FileLock(leases.lock_path(state_dir), timeout=defaults.REAPER_LOCK_TIMEOUT)
+        self.lock = file_lock(leases.lock_path(state_dir), defaults.REAPER_LOCK_TIMEOUT)
         self.timeout_error = filelock.Timeout
 
     def __enter__(self):

@@ -42,17 +42,25 @@ class _ScanError(ValueError):
 
 def _scan_alone(text, start):
     """_scan, with json.decoder stood in for while it runs unless already loaded: _json imports it to build
-    its error (and json pulls in re), and that import would land on the hook's path on a corrupt file."""
+    its error (and json pulls in re), and that import would land on the hook's path on a corrupt file.
+
+    json stands in too: on Python 3.13 (trixie; not 3.11) _json's import of json.decoder imports the json
+    package as well, whose __init__ then fails to import its names from the stand-in decoder."""
     if "json.decoder" in sys.modules:
         return _scan(text, start)
-    stub = type(sys)("json.decoder")
-    stub.JSONDecodeError = _ScanError
-    sys.modules["json.decoder"] = stub
+    decoder = type(sys)("json.decoder")
+    decoder.JSONDecodeError = _ScanError
+    stubs = {"json.decoder": decoder}
+    if "json" not in sys.modules:
+        stubs["json"] = type(sys)("json")
+        stubs["json"].decoder = decoder
+    sys.modules.update(stubs)
     try:
         return _scan(text, start)
     finally:
-        if sys.modules.get("json.decoder") is stub:
-            del sys.modules["json.decoder"]
+        for name, stub in stubs.items():
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
 
 
 def loads(text):

@@ -1,6 +1,8 @@
 """Fixtures of the package tier: the .deb built once per session (and a later version to upgrade to), and
-throwaway bookworm roots to install it in (tests/debroot.py)."""
+throwaway roots of every supported Debian (bookworm, trixie) to install that one .deb in (tests/debroot.py)."""
 
+import concurrent.futures
+import os
 import pathlib
 import shutil
 import struct
@@ -9,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
+import reaper
 from tests import debroot
 from tests.conftest import REPO
 
@@ -40,21 +43,79 @@ def build(out, version=None):
 
 
 @pytest.fixture(scope="session")
-def deb(tmp_path_factory):
-    """The package as `make deb` builds it from this tree."""
-    return build(tmp_path_factory.mktemp("deb"))
+def builds(tmp_path_factory):
+    """Both builds of the tree, started together: on two cores that takes about half the wall time of one
+    after the other, and most runs of this tier need both."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        yield {
+            "deb": pool.submit(build, tmp_path_factory.mktemp("deb")),
+            "upgrade": pool.submit(build, tmp_path_factory.mktemp("deb-upgrade"), reaper.__version__ + UPGRADE_SUFFIX),
+        }
 
 
 @pytest.fixture(scope="session")
-def deb_upgrade(tmp_path_factory, deb):
+def deb(builds):
+    """The package as `make deb` builds it from this tree."""
+    return builds["deb"].result()
+
+
+@pytest.fixture(scope="session")
+def deb_upgrade(builds):
     """The same tree built as a later version, to upgrade to."""
-    return build(tmp_path_factory.mktemp("deb-upgrade"), deb.version + UPGRADE_SUFFIX)
+    return builds["upgrade"].result()
+
+
+def units_in_lib(b, out):
+    """Repack a Build with its units in /lib/systemd/system, where bookworm's debhelper put them before the
+    package moved them to /usr/lib (packaging/debian/rules); return the repacked Build (no .changes)."""
+    tree = out / "tree"
+    subprocess.run(["dpkg-deb", "-R", str(b.deb), str(tree)], check=True)
+    (tree / "lib" / "systemd").mkdir(parents=True)
+    (tree / "usr/lib/systemd/system").rename(tree / "lib/systemd/system")
+    (tree / "usr/lib/systemd").rmdir()
+    md5sums = tree / "DEBIAN" / "md5sums"
+    md5sums.write_text(md5sums.read_text().replace("  usr/lib/systemd/system/", "  lib/systemd/system/"))
+    deb = out / b.deb.name
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], check=True, capture_output=True)
+    return Build(b.version, deb, None)
+
+
+@pytest.fixture(scope="session")
+def deb_units_in_lib(tmp_path_factory, deb):
+    """The package as bookworm's debhelper laid it out unchanged: the units in /lib/systemd/system."""
+    return units_in_lib(deb, tmp_path_factory.mktemp("deb-lib"))
+
+
+@pytest.fixture(scope="session", params=debroot.SUITES)
+def suite(request):
+    """Each Debian release the package supports: a test that installs the package runs once on each."""
+    return request.param
 
 
 @pytest.fixture
-def root(require_root):
-    """A fresh writable bookworm root (minbase, systemd not running in it), gone after the test."""
-    with debroot.fresh_root() as path:
+def root(require_root, suite):
+    """A fresh writable root of the suite (minbase, systemd not running in it), gone after the test."""
+    with debroot.fresh_root(suite=suite) as path:
+        yield path
+
+
+@pytest.fixture(scope="session")
+def installed_image(suite, deb):
+    """The suite's root with the package installed as an image builder does, once per run: never modify it."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (it runs systemd-nspawn); run as root")
+    with debroot.fresh_root(suite=suite) as image:
+        (path,) = put(image, deb)
+        sh(image, apt_install(path))
+        (image / path.lstrip("/")).unlink()
+        yield image
+
+
+@pytest.fixture
+def installed(require_root, installed_image):
+    """A fresh writable root of the suite with the package installed (an overlay over installed_image), for
+    tests of what an install leaves, or of what comes after it: each saves an install of about 5 s."""
+    with debroot.fresh_root(lower=installed_image) as path:
         yield path
 
 

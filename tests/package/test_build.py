@@ -88,10 +88,10 @@ def test_package_holds_the_installed_layout(deb):
         "." + LAUNCHER,
     ]
     plain = [
-        "./lib/systemd/system/idle-reaper.service",
-        "./lib/systemd/system/idle-reaper.timer",
-        "./lib/systemd/system/idle-reaper.path",
-        "./lib/systemd/system/idle-reaper-action.service",
+        "./usr/lib/systemd/system/idle-reaper.service",
+        "./usr/lib/systemd/system/idle-reaper.timer",
+        "./usr/lib/systemd/system/idle-reaper.path",
+        "./usr/lib/systemd/system/idle-reaper-action.service",
         "./usr/share/pam-configs/idle-reaper",
         "./etc/idle-reaper/config.yaml",
         "./etc/ssh/sshd_config.d/idle-reaper.conf",
@@ -109,6 +109,10 @@ def test_package_holds_the_installed_layout(deb):
     for path in plain:
         assert path in files, path
         assert files[path][0] == "-rw-r--r--", (path, files[path])
+    # Nothing under /lib, /bin or /sbin: they are symlinks into /usr on a merged-/usr system (every trixie, every
+    # fresh bookworm), and trixie's lintian calls a path through them aliased-location, an error.
+    aliased = [p for p in files if p.split("/")[1:2] in (["lib"], ["bin"], ["sbin"], ["lib64"])]
+    assert aliased == [], aliased
     # Private, as Debian's Python policy asks of an application; byte-compiled at install, not shipped.
     assert not [p for p in files if "/dist-packages" in p or "/site-packages" in p]
     assert not [p for p in files if "__pycache__" in p or p.endswith(".pyc") or ".dist-info" in p]

@@ -1,7 +1,10 @@
-"""The package's life in a debootstrapped bookworm root, as in an image build (no systemd running): install,
-reinstall, upgrade, remove, purge. And once on a booted systemd: a live install starts the timer, runs no reap.
+"""The package's life in a debootstrapped root, as in an image build (no systemd running): install, reinstall,
+upgrade, remove, purge. And once on a booted systemd: a live install starts the timer, runs no reap.
 
-Each test gets its own overlay over the cached rootfs (tests/debroot.py), so each starts from a clean Debian.
+Every test runs once on each supported Debian (bookworm and trixie: the `suite` fixture), with the one .deb that
+`make deb` builds. Each gets its own overlay over the suite's cached rootfs (tests/debroot.py), so each starts
+from a clean Debian; tests of what an install leaves, or of what comes after it, start from an overlay over that
+root with the package installed once per run (`installed`).
 """
 
 import hashlib
@@ -21,9 +24,10 @@ from tests.package.conftest import PT_INTERP, PT_LOAD, apt_install, elf_segment_
 LAUNCHER = "/usr/libexec/idle-reaper/pam-session"
 HOOK_LINE = f"session\toptional\tpam_exec.so quiet {LAUNCHER}"
 PAM_DIR = "etc/pam.d"
-UNITS = (
-    "/lib/systemd/system/idle-reaper.service /lib/systemd/system/idle-reaper.timer /lib/systemd/system/idle-reaper.path"
-)
+UNIT_DIR = "/usr/lib/systemd/system"
+OLD_UNIT_DIRS = ("/lib/systemd/system", "/lib/systemd")  # where bookworm's debhelper put the units
+ALL_UNITS = sorted(["idle-reaper.service", "idle-reaper.timer", "idle-reaper.path", "idle-reaper-action.service"])
+UNITS = " ".join(f"{UNIT_DIR}/idle-reaper{suffix}" for suffix in (".service", ".timer", ".path"))
 TIMER_LINK = "etc/systemd/system/timers.target.wants/idle-reaper.timer"
 # What dpkg, apt and debconf keep for themselves (logs, caches, backups of their databases): not ours.
 BOOKKEEPING = ("var/log/", "var/cache/apt/", "var/lib/apt/", "var/lib/dpkg/status", "var/cache/debconf/")
@@ -39,6 +43,11 @@ def _pam_lines(root):
         if lines:
             found[path.name] = lines
     return found
+
+
+def _warnings(output):
+    """Return the lines of apt's and dpkg's output that warn (`W: ...`, `dpkg: warning: ...`)."""
+    return [line for line in output.splitlines() if line.startswith("W: ") or "warning:" in line]
 
 
 def _snapshot(root):
@@ -63,10 +72,8 @@ def _snapshot(root):
     return out
 
 
-def test_install_adds_the_hook_to_common_session_only(root, deb):
-    (path,) = put(root, deb)
-    sh(root, apt_install(path))
-    assert _pam_lines(root) == {"common-session": [HOOK_LINE]}
+def test_install_adds_the_hook_to_common_session_only(installed, deb):
+    assert _pam_lines(installed) == {"common-session": [HOOK_LINE]}
 
 
 def test_install_in_a_chroot_enables_the_timer_and_runs_no_reap(root, deb):
@@ -81,27 +88,29 @@ def test_install_in_a_chroot_enables_the_timer_and_runs_no_reap(root, deb):
     assert sorted(wants) == ["idle-reaper.path", "idle-reaper.timer"], "the timer and the path unit, not the service"
 
 
-def test_installed_commands_run_under_debian_python(root, deb):
-    (path,) = put(root, deb)
-    sh(root, apt_install(path))
-    out = sh(root, "idle-reaper --version; idle-reaper check-config; idle-reaper status; idle-reaper status --json")
+def test_installed_commands_run_under_debian_python(installed, deb):
+    out = sh(
+        installed, "idle-reaper --version; idle-reaper check-config; idle-reaper status; idle-reaper status --json"
+    )
     lines = out.stdout.splitlines()
     assert lines[0] == f"idle-reaper {deb.version.split('+')[0]}"
     assert lines[1] == "/etc/idle-reaper/config.yaml: ok (inactivity_duration off)"
     assert lines[2].startswith("State:     disabled")
     status = json.loads(out.stdout[out.stdout.index("{") :])
     assert status["state"] == "disabled" and status["inactivity_duration"] is None and status["sessions"] == []
-    # Under Debian's own libraries (bookworm's filelock is 3.9, not PyPI's 4.x), byte-compiled at install.
-    libs = sh(root, "python3 -I -c 'import filelock, yaml; print(filelock.__version__, yaml.__file__)'").stdout.split()
-    assert libs[0].startswith("3.9.") and libs[1].startswith("/usr/lib/python3/dist-packages/"), libs
-    assert list((root / "usr/share/idle-reaper/reaper/__pycache__").glob("cli.cpython-311.pyc"))
-    man = sh(root, "test -f /usr/share/man/man8/idle-reaper.8.gz && echo ok")
+    # Under the suite's own libraries (bookworm's filelock is 3.9, trixie's 3.18, neither PyPI's 4.x), and
+    # byte-compiled at install for the suite's Python (3.11, 3.13).
+    code = "import filelock, sys, yaml; print(filelock.__version__, yaml.__file__, sys.implementation.cache_tag)"
+    version, yaml_file, cache_tag = sh(installed, f"python3 -I -c '{code}'").stdout.split()
+    debian = sh(installed, "dpkg-query -W -f '${Version}' python3-filelock").stdout
+    assert debian.startswith(version + "-"), (version, debian)
+    assert yaml_file.startswith("/usr/lib/python3/dist-packages/"), yaml_file
+    assert list((installed / "usr/share/idle-reaper/reaper/__pycache__").glob(f"cli.{cache_tag}.pyc")), cache_tag
+    man = sh(installed, "test -f /usr/share/man/man8/idle-reaper.8.gz && echo ok")
     assert man.stdout.strip() == "ok"
 
 
-def test_installed_hook_records_a_session_as_pam_exec_runs_it(root, deb):
-    (path,) = put(root, deb)
-    sh(root, apt_install(path))
+def test_installed_hook_records_a_session_as_pam_exec_runs_it(installed, deb):
     # pam_exec's environment: no PATH, no HOME. The launcher runs the hook as installed, and the parent is
     # this shell, not an sshd monitor: the hook still records the lease, which is what shows that the launcher
     # finds the hook and the hook its private package.
@@ -110,7 +119,7 @@ def test_installed_hook_records_a_session_as_pam_exec_runs_it(root, deb):
         " SSH_CONNECTION='192.0.2.7 40000 192.0.2.1 22'"
     )
     out = sh(
-        root,
+        installed,
         f"{env} {LAUNCHER}; echo rc=$?; cat /run/idle-reaper/state.json",
     )
     rc, state = out.stdout.split("\n", 1)
@@ -119,17 +128,15 @@ def test_installed_hook_records_a_session_as_pam_exec_runs_it(root, deb):
     assert [(lease["user"], lease["service"], lease["rhost"]) for lease in leases] == [("root", "sshd", "192.0.2.7")]
 
 
-def test_installed_launcher_is_static(root, deb):
-    (path,) = put(root, deb)
-    sh(root, apt_install(path))
-    launcher = root / LAUNCHER.lstrip("/")
+def test_installed_launcher_is_static(installed, deb):
+    launcher = installed / LAUNCHER.lstrip("/")
     assert os.stat(launcher).st_mode & 0o7777 == 0o755
     segments = elf_segment_types(launcher)
     assert PT_LOAD in segments, segments
     # No PT_INTERP: the kernel starts no dynamic loader, so nothing reads LD_PRELOAD and its kind.
     assert PT_INTERP not in segments, f"{LAUNCHER} is dynamically linked: {segments}"
     # The check can tell: the interpreter it execs is dynamically linked.
-    assert PT_INTERP in elf_segment_types(root / "usr/bin/python3")
+    assert PT_INTERP in elf_segment_types(installed / "usr/bin/python3")
 
 
 # A library a user could name in ~/.pam_environment (`LD_PRELOAD DEFAULT=...`): when a dynamic loader loads
@@ -154,19 +161,17 @@ MARKER = "/var/tmp/preload-ran-as-root"
 
 
 @pytest.fixture
-def preload_library(root, tmp_path):
-    """Build the marker library with the host's gcc (glibc as bookworm's) into root's /var/tmp."""
+def preload_library(installed, tmp_path):
+    """Build the marker library with the host's gcc into the root's /var/tmp (bookworm's glibc: trixie's loads it)."""
     source = tmp_path / "preload.c"
     source.write_text(PRELOAD_SOURCE)
-    cmd = ["gcc", "-shared", "-fPIC", "-Wall", "-Werror", f'-DMARKER="{MARKER}"', "-o", str(root / PRELOAD[1:])]
+    cmd = ["gcc", "-shared", "-fPIC", "-Wall", "-Werror", f'-DMARKER="{MARKER}"', "-o", str(installed / PRELOAD[1:])]
     subprocess.run([*cmd, str(source)], check=True, env={"PATH": debroot.SYSTEM_PATH})  # noqa: S603
-    return root / MARKER[1:]
+    return installed / MARKER[1:]
 
 
 @pytest.mark.parametrize("pam_type", ["open_session", "close_session"])
-def test_installed_launcher_keeps_the_users_ld_preload_from_root(root, deb, preload_library, pam_type):
-    (path,) = put(root, deb)
-    sh(root, apt_install(path))
+def test_installed_launcher_keeps_the_users_ld_preload_from_root(installed, deb, preload_library, pam_type):
     marker = preload_library
     # As pam_exec runs it at close_session on Debian's sshd stack: the PAM items and PAM_TYPE, plus the
     # user's ~/.pam_environment (pam_env user_readenv=1). No PATH, no HOME. Its parent is not an sshd, so
@@ -181,21 +186,19 @@ def test_installed_launcher_keeps_the_users_ld_preload_from_root(root, deb, prel
         "SSH_CONNECTION": "192.0.2.7 40000 192.0.2.1 22",
     }
     pam_exec = "env -i " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
-    out = sh(root, f"{pam_exec} {LAUNCHER}; echo rc=$?").stdout
+    out = sh(installed, f"{pam_exec} {LAUNCHER}; echo rc=$?").stdout
     assert out.splitlines()[-1] == "rc=0"
     assert not marker.exists(), f"{PRELOAD} ran as root through {LAUNCHER}"
     # The same environment given to the interpreter directly, as the old PAM line did: the library runs as
     # root. So the test can fail, and the launcher is what keeps it out.
-    out = sh(root, f"{pam_exec} /usr/bin/python3 -I -S -c pass; echo rc=$?").stdout
+    out = sh(installed, f"{pam_exec} /usr/bin/python3 -I -S -c pass; echo rc=$?").stdout
     assert out.splitlines()[-1] == "rc=0"
     assert marker.read_text() == "root\n"
 
 
-def test_units_verify_clean_as_installed(root, deb):
-    (path,) = put(root, deb)
-    sh(root, apt_install(path))
+def test_units_verify_clean_as_installed(installed, deb):
     out = sh(
-        root, f"systemd-analyze verify --man=no {UNITS} 2>/var/tmp/verify.err; echo rc=$?; cat /var/tmp/verify.err"
+        installed, f"systemd-analyze verify --man=no {UNITS} 2>/var/tmp/verify.err; echo rc=$?; cat /var/tmp/verify.err"
     )
     assert out.stdout == "rc=0\n", out.stdout
 
@@ -212,46 +215,67 @@ def test_config_written_before_the_install_is_kept_with_force_confold(root, deb)
     assert _pam_lines(root) == {"common-session": [HOOK_LINE]}
 
 
-def test_reinstall_changes_nothing(root, deb):
-    (path,) = put(root, deb)
-    sh(root, apt_install(path))
-    before = _snapshot(root)
-    sh(root, f"apt-get install -y -q --reinstall {path}")
-    after = _snapshot(root)
+def test_reinstall_changes_nothing(installed, deb):
+    (path,) = put(installed, deb)
+    before = _snapshot(installed)
+    sh(installed, f"apt-get install -y -q --reinstall {path}")
+    after = _snapshot(installed)
     changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p) and not p.startswith(BOOKKEEPING)}
     # dpkg rewrites its own records and py3compile its byte code; nothing else moves.
     changed = {p for p in changed if not p.startswith("var/lib/dpkg/") and "__pycache__" not in p}
     assert changed == set()
-    assert _pam_lines(root) == {"common-session": [HOOK_LINE]}
+    assert _pam_lines(installed) == {"common-session": [HOOK_LINE]}
 
 
-def test_upgrade_keeps_an_edited_config(root, deb, deb_upgrade):
-    old, new = put(root, deb, deb_upgrade)
-    sh(root, apt_install(old))
+def test_upgrade_keeps_an_edited_config(installed, deb, deb_upgrade):
+    (new,) = put(installed, deb_upgrade)
     edited = "# ours\ninactivity_duration: 2h\nignore:\n  users: [dstack]\n"
-    (root / "etc/idle-reaper/config.yaml").write_text(edited)
-    out = sh(root, f"{apt_install(new)} </dev/null; dpkg-query -W -f '${{Version}}' idle-reaper")
+    (installed / "etc/idle-reaper/config.yaml").write_text(edited)
+    out = sh(installed, f"{apt_install(new)} </dev/null; dpkg-query -W -f '${{Version}}' idle-reaper")
     assert out.stdout.splitlines()[-1] == deb_upgrade.version
-    assert (root / "etc/idle-reaper/config.yaml").read_text() == edited
-    assert not list((root / "etc/idle-reaper").glob("*.dpkg-*")), "the conffile did not change: no prompt, no copy"
-    assert _pam_lines(root) == {"common-session": [HOOK_LINE]}
+    assert (installed / "etc/idle-reaper/config.yaml").read_text() == edited
+    assert not list((installed / "etc/idle-reaper").glob("*.dpkg-*")), "the conffile did not change: no prompt, no copy"
+    assert _pam_lines(installed) == {"common-session": [HOOK_LINE]}
     assert (
-        sh(root, "idle-reaper check-config").stdout.strip()
+        sh(installed, "idle-reaper check-config").stdout.strip()
         == "/etc/idle-reaper/config.yaml: ok (inactivity_duration 2h)"
     )
-    assert (root / TIMER_LINK).is_symlink()
+    assert (installed / TIMER_LINK).is_symlink()
 
 
-def test_remove_takes_the_hook_out_of_pam_and_keeps_the_config(root, deb):
-    (path,) = put(root, deb)
-    sh(root, apt_install(path))
-    (root / "etc/idle-reaper/config.yaml").write_text("inactivity_duration: 1h\n")
-    sh(root, "apt-get remove -y -q idle-reaper")
-    assert _pam_lines(root) == {}
-    assert (root / "etc/idle-reaper/config.yaml").read_text() == "inactivity_duration: 1h\n"
-    assert not (root / "usr/share/idle-reaper").exists()
-    assert not (root / "usr/bin/idle-reaper").exists()
-    status = sh(root, "dpkg-query -W -f '${db:Status-Abbrev}' idle-reaper").stdout
+def test_upgrade_from_units_in_lib_moves_them_to_usr_lib_and_loses_none(root, deb_units_in_lib, deb_upgrade):
+    # A package built before the move (bookworm's debhelper: /lib/systemd/system). On trixie and a merged-/usr
+    # bookworm both paths are one directory, so dpkg must see that the "old" /lib files are the new ones and
+    # leave them: it compares inodes before it removes a file the new version no longer lists.
+    old, new = put(root, deb_units_in_lib, deb_upgrade)
+    sh(root, apt_install(old))
+    assert "/lib/systemd/system/idle-reaper.timer" in sh(root, "dpkg -L idle-reaper").stdout.split()
+    out = sh(root, f"{apt_install(new)} 2>&1 </dev/null")
+    # On trixie no other package lists /lib/systemd/system, so dpkg tries to remove the old directories, and
+    # can't: through the alias they are /usr/lib/systemd/system, where the new units already are. That once,
+    # it warns; bookworm's systemd owns them, so there it doesn't try.
+    kept = {f"dpkg: warning: unable to delete old directory '{d}': Directory not empty" for d in OLD_UNIT_DIRS}
+    assert set(_warnings(out.stdout)) <= kept, out.stdout
+    listed = [p for p in sh(root, "dpkg -L idle-reaper").stdout.split() if "/systemd/system/" in p]
+    assert sorted(listed) == sorted(f"{UNIT_DIR}/{u}" for u in ALL_UNITS)
+    present = sh(root, f"cd {UNIT_DIR} && ls {' '.join(ALL_UNITS)}").stdout.split()
+    assert present == ALL_UNITS, "the upgrade lost units"
+    assert sh(root, "test -f /etc/systemd/system/timers.target.wants/idle-reaper.timer && echo ok").stdout == "ok\n"
+    out = sh(root, "apt-get purge -y -q idle-reaper 2>&1")
+    assert _warnings(out.stdout) == [], "purge warned"
+    assert not list((root / UNIT_DIR.lstrip("/")).glob("idle-reaper*"))
+
+
+def test_remove_takes_the_hook_out_of_pam_and_keeps_the_config(installed, deb):
+    (installed / "etc/idle-reaper/config.yaml").write_text("inactivity_duration: 1h\n")
+    out = sh(installed, "apt-get remove -y -q idle-reaper 2>&1")
+    # Not "directory '/lib/systemd/system' not empty so not removed", as on trixie with the units in /lib.
+    assert _warnings(out.stdout) == []
+    assert _pam_lines(installed) == {}
+    assert (installed / "etc/idle-reaper/config.yaml").read_text() == "inactivity_duration: 1h\n"
+    assert not (installed / "usr/share/idle-reaper").exists()
+    assert not (installed / "usr/bin/idle-reaper").exists()
+    status = sh(installed, "dpkg-query -W -f '${db:Status-Abbrev}' idle-reaper").stdout
     assert status.strip() == "rc"
 
 
@@ -261,8 +285,9 @@ def test_purge_leaves_nothing_behind(root, deb):
     # Install, use (the hook writes state), purge: all in one run, so /run is the same tmpfs throughout.
     hook = f"env -i PAM_TYPE=open_session PAM_USER=root PAM_SERVICE=sshd {LAUNCHER}"
     script = f"{apt_install(path)} >/dev/null; {hook}; echo used $(ls /run/idle-reaper)"
-    out = sh(root, f"{script}; apt-get purge -y -q idle-reaper >/dev/null; echo left $(ls -A /run)").stdout
+    out = sh(root, f"{script}; apt-get purge -y -q idle-reaper 2>&1; echo left $(ls -A /run)").stdout
     lines = dict(line.split(" ", 1) for line in out.splitlines() if line.startswith(("used ", "left ")))
+    assert _warnings(out) == [], "purge warned"
     assert "state.json" in lines["used"].split()
     assert "idle-reaper" not in lines["left"].split()
     after = _snapshot(root)

@@ -1,6 +1,7 @@
 """Throwaway Debian machines booted under systemd-nspawn, with the built .deb installed, for the system tier.
 
     with Image.build(deb) as image:                   # cached rootfs + the .deb + test users, once per run
+                                                      #   (suite="trixie": the same .deb on Debian 13)
         with image.machine("inactivity_duration: 20s\n") as m:
             m.boot()                                  # boots the real systemd, waits until it is running
             session = m.ssh("dev")                    # a real SSH login to the machine's sshd (also: forward(),
@@ -224,6 +225,7 @@ class Poweroff:
     deadline: float  # when idle_seconds reached inactivity_duration
     action_at: float | None  # when the reaper logged that it runs the action (from the machine's journal)
     exited_at: float | None  # when the machine was gone (systemd-nspawn exited with status 0); None: still up
+    suite: str = debroot.SUITE  # the Debian release the machine ran
 
     @property
     def late(self):
@@ -243,25 +245,26 @@ class Poweroff:
 
 
 class Image:
-    """The cached rootfs with the .deb installed (as an image builder would) and test users with SSH keys."""
+    """The cached rootfs of a suite with the .deb installed (as an image builder would) and test users with SSH keys."""
 
-    def __init__(self, root, workdir, deb, users):
+    def __init__(self, root, workdir, deb, users, suite=debroot.SUITE):
         self.root = root
         self.workdir = workdir
         self.deb = deb
         self.users = users
+        self.suite = suite
 
     @classmethod
     @contextlib.contextmanager
-    def build(cls, deb=None, users=USERS, parent=None, packages=debroot.PACKAGES):
-        """Yield an Image: an overlay over the cached rootfs with the package installed; removed afterwards.
+    def build(cls, deb=None, users=USERS, parent=None, suite=debroot.SUITE, packages=debroot.PACKAGES):
+        """Yield an Image: an overlay over the suite's cached rootfs with the package installed; removed afterwards.
 
         `packages` picks the cached rootfs (tests/debroot.py): a variant with more packages is cached apart.
         """
         deb = pathlib.Path(deb) if deb else find_deb()
-        workdir = pathlib.Path(tempfile.mkdtemp(prefix="irs-", dir=parent))
+        workdir = pathlib.Path(tempfile.mkdtemp(prefix=f"irs-{suite}-", dir=parent))
         try:
-            with debroot.fresh_root(packages, parent=workdir) as root:
+            with debroot.fresh_root(packages, parent=workdir, suite=suite) as root:
                 shutil.copy(deb, root / "var/tmp/idle-reaper.deb")
                 debroot.nspawn(root, "apt-get", "install", "-y", "--no-install-recommends", "/var/tmp/idle-reaper.deb")
                 (root / "var/tmp/idle-reaper.deb").unlink()
@@ -271,7 +274,7 @@ class Image:
                 made = {name: cls._add_user(root, workdir, name) for name in users}
                 # A persistent journal survives the poweroff, so the host can read when the action ran.
                 (root / "var/log/journal").mkdir(exist_ok=True)
-                yield cls(root, workdir, deb, made)
+                yield cls(root, workdir, deb, made, suite)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -428,7 +431,7 @@ class Machine:
         if self._exited.is_set() and self.stopped_by_host is None and self.returncode != 0:
             raise AssertionError(f"{self.name}: systemd-nspawn exited {self.returncode}{self._tail()}")
         exited = self.exited_at if self.powered_off else None
-        return Poweroff(deadline, self.action_time(), exited)
+        return Poweroff(deadline, self.action_time(), exited, self.image.suite)
 
     def stop(self, timeout=30):
         """Shut the machine down from the host (SIGTERM to our systemd-nspawn: an orderly halt)."""

@@ -10,6 +10,7 @@ import filelock
 import pytest
 
 from reaper.state import leases, statejson
+from tests.conftest import REPO
 
 BOOT = "boot-a/10"
 
@@ -262,14 +263,22 @@ def test_hook_lock_holder_blocks_filelock(state_dir):
 
 
 def test_debians_filelock_and_the_hook_lock_exclude_each_other(state_dir):
+    # The reaper's lock as the reaper makes it, on Debian's filelock (3.9 on bookworm, 3.18 on trixie).
     code = (
-        "import filelock, sys, time; l = filelock.FileLock(sys.argv[1], timeout=0.2)\n"
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); import filelock; from reaper.commands import reap\n"
+        "l = reap.file_lock(sys.argv[1], 0.2)\n"
         "try:\n l.acquire(); print('acquired', filelock.__version__)\n"
         "except filelock.Timeout: print('timeout', filelock.__version__)\n"
     )
     with leases.FlockLock(state_dir, 1):
-        out = subprocess.run(["/usr/bin/python3", "-I", "-c", code, leases.lock_path(state_dir)],
-                             capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+        done = subprocess.run(["/usr/bin/python3", "-I", "-c", code, leases.lock_path(state_dir)],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        out = done.stdout.split()
+        # Waiting, it left the mode alone: 3.18 with its default mode would have made it 0644 here.
+        assert stat.S_IMODE(os.stat(leases.lock_path(state_dir)).st_mode) == 0o600
+    # Nothing on stderr, which is the journal in the unit: a FileLock whose __init__ failed (3.9 given a mode)
+    # complains from its __del__.
+    assert done.stderr == ""
     debian = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "python3-filelock"], capture_output=True,
                             text=True, check=True).stdout  # fmt: skip
     assert out[0] == "timeout" and debian.startswith(out[1]), (out, debian)  # 3.9 on bookworm, 3.18 on trixie
