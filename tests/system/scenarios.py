@@ -79,6 +79,7 @@ def nobody_connects(image):
         m.boot()
         r.booted = m.booted
         sleep_until(m.booted + 5)
+        r.status_asked = now()
         r.status = m.status()
         r.status_at = now()
         r.timing = m.wait_poweroff(m.booted + DURATION)

@@ -12,9 +12,12 @@ def test_nobody_connects_so_it_powers_off_inactivity_duration_after_boot(scenari
     r = scenario
     assert r.status["state"] == "idle", r.status
     assert r.status["inactivity_duration"] == DURATION
-    # status counted from boot: what it said matches the deadline the harness measures against
-    predicted = r.status_at + r.status["seconds_until_action"]
-    assert abs(predicted - (r.booted + DURATION)) <= 1.5, (r.status, r.booted, r.status_at)
+    # status counted from boot: what it said matches the deadline the harness measures against. It read the
+    # clock somewhere between the ask and the answer (a loaded machine's status call takes a while), and
+    # rounds the seconds left up.
+    left = r.status["seconds_until_action"]
+    deadline = r.booted + DURATION
+    assert r.status_asked + left - 1.5 <= deadline <= r.status_at + left + 0.5, (r.status, r.booted, r.status_at)
     assert_powered_off_on_time("nobody connects", r)
 
 
