@@ -12,7 +12,7 @@ import textwrap
 import time
 
 from tests import debroot
-from tests.system import harness
+from tests.system import harness, scenarios
 
 DURATION = 20
 MIN_SESSION = 5
@@ -49,6 +49,12 @@ def run(story):
         m.boot()
         story.booted = m.booted
         story.say(f"booted: systemd is running, sshd listens on 127.0.0.1:{m.port}")
+
+        m.inside(["systemctl", "start", "--no-block", "idle-reaper.service"])  # a tick writes the login notice
+        scenarios.wait_notice(m, lambda text: text is not None)
+        shown = scenarios.interactive_login(m, USER)
+        notice = [line for line in shown.splitlines() if line.startswith(("idle-reaper:", "Now:"))]
+        story.show(f"{USER} logs in interactively (ssh -t) and reads the login notice:", "\n".join(notice) or shown)
 
         session = m.ssh(USER)
         story.say(f"{USER} logged in: ssh -p {m.port} {USER}@127.0.0.1")
