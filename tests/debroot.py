@@ -48,7 +48,7 @@ PACKAGES = (
 )
 # Checks that run inside a suite's own rootfs: its lintian, and the unit tests on its Python (tests/conftest.py
 # runs `make launcher`, which finds the launcher up to date).
-CHECK_PACKAGES = (*PACKAGES, "lintian", "make", "python3-pytest")
+CHECK_PACKAGES = (*PACKAGES, "lintian", "make", "python3-pytest", "python3-prometheus-client")
 # Bump when the way an entry is built changes, so old entries are not reused.
 BUILD_FORMAT = "1"
 CACHE_DIR = pathlib.Path(os.environ.get("IDLE_REAPER_TEST_CACHE", "/var/cache/idle-reaper-tests"))
