@@ -45,7 +45,9 @@ def test_trixies_lintian_passes_the_package_at_error_and_warning(trixie_root, de
 def test_unit_tests_pass_on_trixies_python(trixie_root, record_property):
     # At the same path as here: the checkout's launcher, built on the host (static, so it runs there as it
     # is), execs the hook by its absolute path.
-    tree = trixie_root / str(REPO).lstrip("/")
+    # The copy lives in the root's /var/tmp and is bound at the checkout's path: a checkout under /tmp would be
+    # hidden by the tmpfs nspawn mounts there.
+    tree = trixie_root / "var/tmp/checkout"
     tree.mkdir(parents=True)
     for item in TREE:
         subprocess.run(["cp", "-a", str(REPO / item), str(tree / item)], check=True)
@@ -54,11 +56,11 @@ def test_unit_tests_pass_on_trixies_python(trixie_root, record_property):
     for cache in tree.rglob("__pycache__"):
         shutil.rmtree(cache)
     run = f"cd {REPO} && python3 --version && python3 -m pytest -q -p no:cacheprovider tests/unit 2>&1"
-    done = debroot.nspawn(trixie_root, "sh", "-c", run, check=False, timeout=600)
+    done = debroot.nspawn(trixie_root, "sh", "-c", run, check=False, timeout=600, binds=[(str(tree), str(REPO))])
     version = done.stdout.splitlines()[0] if done.stdout else ""
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     record_property("trixie_unit_tests", f"{version}: {summary}")
-    assert version.startswith("Python 3.13"), done.stdout
+    assert version.startswith("Python 3.13"), done.stdout + done.stderr
     assert done.returncode == 0 and " passed" in summary and "failed" not in summary, done.stdout[-6000:]
 
 
