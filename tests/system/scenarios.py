@@ -242,7 +242,7 @@ def _status_or_gone(m):
     try:
         return m.status()
     except (AssertionError, ValueError, subprocess.TimeoutExpired):
-        if m.wait_exit(5):
+        if m.wait_exit(30):  # a loaded machine's shutdown has taken 7 s and more
             return None
         raise
 
