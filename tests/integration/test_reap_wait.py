@@ -17,7 +17,12 @@ def hook(state_dir, pam_type, port):
 
 def start_reap(config_path, state_dir, wait):
     argv = [VENV_PYTHON, "-m", "reaper", "--config", config_path, "--state-dir", state_dir, "reap", "--wait", str(wait)]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    reaper = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    # Its first decision is logged: only then is it waiting (a loaded machine can take seconds to get there, and
+    # a session opened before that first look would be a different test).
+    first = reaper.stderr.readline()
+    assert "idle" in first, first + reaper.stderr.read()
+    return reaper
 
 
 def test_a_session_opening_during_the_wait_stops_it_at_once(require_root, config, state_dir, workdir):

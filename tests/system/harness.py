@@ -772,17 +772,18 @@ class MoshClient:
         os.close(slave)
         self.output = b""
         self._lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, args=(self.master,), daemon=True)
+        self._reader.start()
         give_up = now() + timeout
         while not any(e["attached"] for e in machine.mosh_entries()):
             if self.proc.poll() is not None or now() > give_up:
                 raise AssertionError(f"mosh-client did not attach: {self.output[-500:]!r}")
             time.sleep(0.1)
 
-    def _read(self):
+    def _read(self, master):
         while True:
             try:
-                chunk = os.read(self.master, 65536)
+                chunk = os.read(master, 65536)
             except OSError:
                 return
             if not chunk:
@@ -791,6 +792,8 @@ class MoshClient:
                 self.output += chunk
 
     def type(self, line):
+        if self.master is None:
+            raise AssertionError("mosh-client was killed")
         os.write(self.master, line.encode() + b"\r")
 
     def client_pid(self):
@@ -806,8 +809,13 @@ class MoshClient:
         if self.proc.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(10)
-        with contextlib.suppress(OSError):
-            os.close(self.master)
+        # Once only: kill() runs again at cleanup, and a second close of the number would close whatever file
+        # another thread's machine has opened under it since (seen: a session's stderr, EBADF at its close).
+        master, self.master = self.master, None
+        self._reader.join(10)  # mosh-client gone, its reads end (EIO): only then is the number free to close
+        if master is not None and not self._reader.is_alive():
+            with contextlib.suppress(OSError):
+                os.close(master)
 
 
 class Netns:
