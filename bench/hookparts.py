@@ -139,11 +139,12 @@ def main(argv=None):
     parser.add_argument("--where", choices=("same", "other"), default="same", help="their network namespace")
     args = parser.parse_args(argv)
     rng = random.Random(9)  # noqa: S311 - reproducible orders, not secrets
+    held = Crowd(args.sockets, args.where) if args.sockets else None
     work = tmpfs_dir("irb-parts-")
     build = tempfile.mkdtemp(prefix="irb-parts-build-")
-    held = Crowd(args.sockets, args.where) if args.sockets else None
-    session = Session()
+    session = None
     try:
+        session = Session()
         if held:
             print(f"{args.sockets} more ESTABLISHED connections held, in the {args.where} network namespace")
         empty = os.path.join(build, "empty.py")
@@ -213,7 +214,8 @@ def main(argv=None):
         for name, values in nets.items():
             print(f"  {name:5} {stats.spread(values, unit=lambda s: f'{s * 1000:.2f}')} ms, {lines[name]} lines")
     finally:
-        session.close()
+        if session is not None:
+            session.close()
         if held:
             held.close()
         remove(work)
