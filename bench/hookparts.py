@@ -158,14 +158,14 @@ def main(argv=None):
             name, _, path = spec.partition("=")
             arms[name] = [str(build_launcher(LAUNCHER_SOURCE, os.path.join(build, f"{len(arms)}.launch"), path))]
         times = {name: [] for name in arms}
-        state_dir = os.path.join(work, "state")
+        state_dirs = {name: os.path.join(work, f"state-{i}") for i, name in enumerate(arms)}  # one per hook
         print(f"[hookparts] end to end, {args.rounds} rounds", file=sys.stderr)
         for i in range(args.rounds + 3):
             order = list(arms)
             rng.shuffle(order)
             for name in order:
                 hooks = name not in ("pass", "launcher, empty file")
-                argv = [*arms[name], "--state-dir", state_dir] if hooks else arms[name]
+                argv = [*arms[name], "--state-dir", state_dirs[name]] if hooks else arms[name]
                 done = session.monitor.run(argv, env=session.env("open_session"), cwd="/", umask=0o022)
                 if i >= 3:
                     times[name].append(done.seconds)
