@@ -1,13 +1,14 @@
 """`python -m bench [--quick] [--rows 1,2,...]`: run the benchmarks of issue 6 and print the table.
 
-Full mode takes about ten minutes and boots throwaway machines with systemd-nspawn for rows 6 and 7, with the
-.deb built from this tree (or --deb PATH, or $IDLE_REAPER_DEB). --quick runs every row but 6 and 7 with tiny
-counts, in seconds, to check that the benchmarks still run (tests/integration/test_bench_smoke.py); its figures
-mean nothing.
+Full mode takes about 35 minutes (row 8's 10,000 sessions, one after another, about 20 of them) and boots
+throwaway machines with systemd-nspawn for rows 6 and 7, with the .deb built from this tree (or --deb PATH, or
+$IDLE_REAPER_DEB). --quick runs every row but 6 and 7 with tiny counts, in seconds, to check that the
+benchmarks still run (tests/integration/test_bench_smoke.py); its figures mean nothing.
 Needs root: it runs sshds, makes test users, mounts namespaces and boots machines.
 """
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from bench import REPO, SYSTEM_PYTHON, VENV_PYTHON, table
 from bench.table import ERROR, NO, NOT_RUN, QUICK, YES, Row
 
-ROWS = ("1", "2", "3", "4", "5", "6", "7")
+ROWS = ("1", "2", "3", "4", "5", "6", "7", "8")
 
 
 def get_parser():
@@ -29,6 +30,7 @@ def get_parser():
     parser.add_argument("--rows", default=",".join(ROWS), help="which rows to run, e.g. 1,2 (default: all)")
     parser.add_argument("--idle-minutes", type=float, default=5.0, help="how long row 7 watches an idle machine")
     parser.add_argument("--deb", help="the .deb for rows 6 and 7 (default: built from this tree, as measured)")
+    parser.add_argument("--growth", type=int, help="how many sessions row 8 runs (default: 10,000; --quick: 20)")
     return parser
 
 
@@ -101,7 +103,7 @@ def main(argv=None):
         return 2
     if args.deb:
         os.environ["IDLE_REAPER_DEB"] = os.path.abspath(args.deb)
-    from bench import crowd, hookalone, login, scale, system
+    from bench import crowd, growth, hookalone, login, scale, system
     from bench.proc import close_default
 
     header = machine()
@@ -130,6 +132,11 @@ def main(argv=None):
             ("2", "the hook alone, as pam_exec runs it", hookalone.run),
             ("3", "the hook under contention", crowd.run),
             ("4", "reap and status at 0 to 10,000 leases", scale.run),
+            (
+                "8",
+                "growth: sessions from distinct addresses through the real hook",
+                functools.partial(growth.run, sessions=args.growth),
+            ),  # fmt: skip
         )
         for key, what, fn in plan:
             if key in wanted or (key == "4" and "5" in wanted):
@@ -170,6 +177,7 @@ def main(argv=None):
             if row.met in (YES, NO):
                 row.met = QUICK
 
+    rows.sort(key=lambda r: int(r.key[0]))  # in the order of the rows (8 runs before 6 and 7); stable within
     print("\n".join([title, "", *header, ""]))
     print(table.render(rows))
     return 1 if any(r.met == ERROR for r in rows) else 0

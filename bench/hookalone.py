@@ -1,18 +1,21 @@
 """Row 2: the hook alone, open then close, each run as pam_exec runs it, against the same interpreter doing nothing.
 
 pam_exec forks, and execs the hook with the PAM items and sshd's PAM environment as its whole environment (no
-PATH, no HOME), cwd /, umask 022, and waits for it. Here this process plays the sshd monitor: it is the hook's
-parent and stays alive past the close, so the close finds the lease the open wrote.
+PATH, no HOME), cwd /, umask 022, and waits for it. Here a spawner plays the sshd monitor: it is the hook's
+parent, stays alive past the close (so the close finds the lease the open wrote), and holds the server end of
+a real ESTABLISHED loopback connection, the one SSH_CONNECTION names, as sshd's monitor holds its client's: the
+hook reads its parent's sockets and finds it there.
 """
 
 import base64
 import json
 import os
 import random
+import socket
 import struct
 
 from bench import HOOK_ARGV, NOOP_ARGV, NOOP_SHOWN, stats
-from bench.proc import remove, run_timed, tmpfs_dir
+from bench.proc import Spawner, remove, tmpfs_dir
 from bench.table import Row, met
 
 PASS_ARGV = NOOP_ARGV
@@ -26,7 +29,7 @@ def fake_auth_info(seed=0):
     return f"publickey ssh-ed25519 {base64.b64encode(blob).decode()}\n"
 
 
-def pam_env(pam_type, user="nobody", port=40000, service="sshd"):
+def pam_env(pam_type, user="nobody", port=40000, service="sshd", server_port=22):
     """The environment pam_exec gives the hook for one SSH session (RECIPES.md: what the hook sees)."""
     return {
         "PAM_TYPE": pam_type,
@@ -34,9 +37,29 @@ def pam_env(pam_type, user="nobody", port=40000, service="sshd"):
         "PAM_SERVICE": service,
         "PAM_RHOST": "127.0.0.1",
         "PAM_TTY": "ssh",
-        "SSH_CONNECTION": f"127.0.0.1 {port} 127.0.0.1 22",
+        "SSH_CONNECTION": f"127.0.0.1 {port} 127.0.0.1 {server_port}",
         "SSH_AUTH_INFO_0": fake_auth_info(port),
     }
+
+
+class Session:
+    """A real ESTABLISHED loopback connection: this process keeps the client end, `monitor` (a Spawner that
+    holds the server end, as sshd's monitor does) starts the hooks. close() ends both."""
+
+    def __init__(self):
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            self.client = socket.create_connection(listener.getsockname())
+            server, _ = listener.accept()
+        self.port, self.server_port = self.client.getsockname()[1], server.getsockname()[1]
+        with server:
+            self.monitor = Spawner(hold=[server])  # it has its own copy; ours is closed
+
+    def env(self, pam_type):
+        return pam_env(pam_type, port=self.port, server_port=self.server_port)
+
+    def close(self):
+        self.monitor.close()
+        self.client.close()
 
 
 def hook_argv(state_dir):
@@ -58,6 +81,7 @@ def run(quick=False, seed=6):
     state_dir = os.path.join(tmpfs_dir("irb-hook-"), "state")
     times = {"pass": [], "open": [], "close": []}
     problems = []
+    session = Session()
     try:
         for i in range(rounds + 3):  # the first 3 rounds warm the page cache and are not counted
             order = ["open", "close"]
@@ -65,8 +89,8 @@ def run(quick=False, seed=6):
                 order.insert(rng.randrange(len(order) + 1), "pass")
             for what in order:
                 argv = PASS_ARGV if what == "pass" else hook_argv(state_dir)
-                env = pam_env("open_session" if what == "pass" else f"{what}_session")
-                done = run_timed(argv, env=env, cwd="/", umask=0o022)
+                env = session.env("open_session" if what == "pass" else f"{what}_session")
+                done = session.monitor.run(argv, env=env, cwd="/", umask=0o022)
                 if done.returncode != 0:
                     problems.append(f"{what} exited {done.returncode}")
                 if i >= 3:
@@ -76,11 +100,14 @@ def run(quick=False, seed=6):
                     want = 1 if what == "open" else 0
                     if len(state["leases"]) != want:
                         problems.append(f"round {i}: {len(state['leases'])} leases after the {what}, not {want}")
+                    elif want and state["leases"][0].get("conn") is None:
+                        problems.append(f"round {i}: the open did not find the connection its parent holds")
         state = read_state(state_dir)
         closed = [r for r in (state or {}).get("closed", []) if r.get("opened") is not None and r.get("end") == "hook"]
         if not closed:
             problems.append("no closed session recorded by the hook: it did not do its work")
     finally:
+        session.close()
         remove(os.path.dirname(state_dir))
     base = stats.median(times["pass"])
     open_ratio = stats.ratio(stats.median(times["open"]), base)

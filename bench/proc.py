@@ -25,11 +25,19 @@ class Run:
 
 
 class Spawner:
-    """A running bench/spawner.py. It stays in the network namespace it was started in."""
+    """A running bench/spawner.py. It stays in the network namespace it was started in.
 
-    def __init__(self):
+    `hold`: sockets it inherits and keeps open without touching them, as sshd's monitor holds its session's
+    connection: the hooks it starts find them in their parent's /proc/PID/fd.
+    """
+
+    def __init__(self, hold=()):
         self.proc = subprocess.Popen(
-            [SYSTEM_PYTHON, "-I", "-S", SPAWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [SYSTEM_PYTHON, "-I", "-S", SPAWNER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            pass_fds=[s.fileno() for s in hold],
         )
 
     def run(self, argv, env=None, cwd=None, umask=None, stdout=None, stderr=None):

@@ -43,6 +43,14 @@ def run(spec):
 
 
 def main():
+    # Sockets handed down to be held (Spawner(hold=...)) stay here, not in the commands run: as sshd's monitor
+    # holds its session's connection and the hook pam_exec starts does not.
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            try:
+                os.set_inheritable(int(name), False)
+            except OSError:
+                pass  # the directory's own fd, closed by now
     for line in sys.stdin:
         sys.stdout.write(json.dumps(run(json.loads(line))) + "\n")
         sys.stdout.flush()

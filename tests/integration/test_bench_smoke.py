@@ -9,7 +9,7 @@ import sys
 
 from tests.conftest import REPO
 
-ROWS = ["1a", "1b", "2a", "2b", "3", "4a", "4b", "4c", "4d", "4e", "4f", "4g", "4h", "5", "6", "7"]
+ROWS = ["1a", "1b", "2a", "2b", "3", "4a", "4b", "4c", "4d", "4e", "4f", "4g", "4h", "5", "8a", "8b", "8c", "6", "7"]
 
 
 def table_rows(stdout):
