@@ -115,12 +115,15 @@ def identify(env, pid, opening, proc=defaults.PROC):
     if logged_in is not None and logged_in != uid:
         problems.append(f"PAM_USER {escape(user)} is not the session's loginuid {logged_in}")
         uid, user = logged_in, _user_of(logged_in)
-    held = monitor.connections(pid, proc) if process else []
     hint = leases.clip(env.get("SSH_CONNECTION")) if opening else None
     claimed = parse_connection(hint)
-    matching = [c for c in held if _same_connection(claimed, c)]
-    # One connection held is the session's; of several, the one SSH_CONNECTION names (then confirmed).
-    conn = held[0] if len(held) == 1 else matching[0] if len(matching) == 1 else None
+    # The connection SSH_CONNECTION names, if the process holds it: what the scan below finds then, in one
+    # lookup. Else the scan: one connection held is the session's; of several, the one SSH_CONNECTION names.
+    conn = monitor.held_connection(pid, claimed, proc) if process and hint is not None else None
+    if conn is None:
+        held = monitor.connections(pid, proc) if process else []
+        matching = [c for c in held if _same_connection(claimed, c)]
+        conn = held[0] if len(held) == 1 else matching[0] if len(matching) == 1 else None
     if hint is not None and not (conn and _same_connection(claimed, conn)):
         seen = "not the session's socket" if conn else "not confirmed by the session's socket"
         problems.append(f"SSH_CONNECTION {escape(hint)} is {seen}")
