@@ -3,16 +3,16 @@
 Every decision uses CLOCK_BOOTTIME, never the wall clock, so NTP steps or `date -s` can't move a deadline.
 "Boot" is when this system's PID 1 started, not when the kernel did: in a container the kernel, its boot id
 and CLOCK_BOOTTIME are the host's. /proc/PID/stat gives start times in clock ticks of that same clock.
-Imported by the PAM hook, so it uses nothing beyond os and time.
+Imported by the PAM hook, so it uses nothing beyond posix and time (see reaper/hook.py).
 """
 
-import os
+import posix
 import time
 
 from reaper import defaults
 from reaper.evidence import monitor
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+CLK_TCK = posix.sysconf("SC_CLK_TCK")
 
 
 def now():
@@ -44,11 +44,19 @@ def boot_key(proc=defaults.PROC, container_file=defaults.CONTAINER_FILE):
     of the container shows alike; PID 1's start tells two starts of one container apart.
     """
     start = process_start_ticks(1, proc)
-    if os.path.exists(container_file):
-        return f"pidns:{os.stat(f'{proc}/self/ns/pid').st_ino}/{start}"
+    if _exists(container_file):
+        return f"pidns:{posix.stat(f'{proc}/self/ns/pid').st_ino}/{start}"
     return f"{boot_id(proc)}/{start}"
 
 
 def boot_started(proc=defaults.PROC):
     """Return when this system's PID 1 started, in CLOCK_BOOTTIME seconds."""
     return process_start_ticks(1, proc) / CLK_TCK
+
+
+def _exists(path):
+    try:
+        posix.stat(path)
+    except OSError:
+        return False
+    return True

@@ -4,10 +4,10 @@ An SSH session is served by sshd's per-connection process (the "monitor"): pam_e
 the live check finds it holding the connection. Its executable, its uids, its loginuid (which pam_loginuid
 sets when the session opens) and the sockets it holds are facts of the kernel, not of the PAM environment.
 
-Imported by the PAM hook on the login path, so it uses only os and builtin modules.
+Imported by the PAM hook on the login path, so it uses only posix and builtin modules (see reaper/hook.py).
 """
 
-import os
+import posix
 
 from reaper import defaults
 
@@ -29,7 +29,7 @@ class Proc:
     @property
     def is_sshd(self):
         """True if the process runs an sshd executable as root: what a real sshd's listener and monitor do."""
-        return self.uid == 0 and os.path.basename(self.exe) in SSHD_NAMES
+        return self.uid == 0 and self.exe.rsplit("/", 1)[-1] in SSHD_NAMES
 
     @property
     def logged_in(self):
@@ -54,7 +54,7 @@ def read_exe(pid, proc=defaults.PROC):
     Raise PermissionError where we may not look (another user's process, without root).
     """
     try:
-        return os.readlink(f"{proc}/{pid}/exe").removesuffix(" (deleted)")
+        return posix.readlink(f"{proc}/{pid}/exe").removesuffix(" (deleted)")
     except (FileNotFoundError, ProcessLookupError):
         return None
 
@@ -85,16 +85,16 @@ def socket_inodes(pid, proc=defaults.PROC):
     """
     inodes = set()
     try:
-        names = os.listdir(f"{proc}/{pid}/fd")
+        names = posix.listdir(f"{proc}/{pid}/fd")
     except FileNotFoundError:
         return inodes
     except PermissionError:
-        if os.geteuid() == 0 and os.stat(f"{proc}/{pid}").st_uid != 0:
+        if posix.geteuid() == 0 and posix.stat(f"{proc}/{pid}").st_uid != 0:
             return inodes
         raise
     for name in names:
         try:
-            target = os.readlink(f"{proc}/{pid}/fd/{name}")
+            target = posix.readlink(f"{proc}/{pid}/fd/{name}")
         except FileNotFoundError:
             continue
         if target.startswith("socket:["):
@@ -169,7 +169,7 @@ def held_connection(pid, claimed, proc=defaults.PROC):
     if proc != defaults.PROC or not all(isinstance(p, int) and 0 < p < 65536 for p in (client_port, server_port)):
         return None
     try:
-        if os.stat(f"{proc}/{pid}/ns/net").st_ino != os.stat(f"{proc}/self/ns/net").st_ino:
+        if posix.stat(f"{proc}/{pid}/ns/net").st_ino != posix.stat(f"{proc}/self/ns/net").st_ino:
             return None  # our socket would ask another network namespace than the one the process serves
         family, local, remote = _pack_pair(server, client)
         if family is None:

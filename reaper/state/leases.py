@@ -2,7 +2,7 @@
 
 Writers hold an exclusive flock on the lock file; readers never lock, because every write is a temp file in
 the same directory, fsynced, then renamed over the old one. The PAM hook imports this on the login path,
-so it uses only os, fcntl, _signal and the `_json`-based codec.
+so it uses only posix, fcntl, _signal and the `_json`-based codec (see reaper/hook.py for why not os).
 
 A hook that can't have the lock (an open never waits for it; a close waits up to 5 s) doesn't lose its
 event: it writes it atomically to its own `pending.*.json` file, without the lock. The next writer folds pending
@@ -19,9 +19,9 @@ Layout (format 1):
 """
 
 import _signal  # the C half of `signal`, loaded at interpreter start; `signal` itself imports enum
+import _stat
 import fcntl
-import os
-import stat  # already loaded by os
+import posix
 
 from reaper import defaults
 from reaper.state import statejson
@@ -42,11 +42,11 @@ class LockTimeout(Exception):
 
 
 def state_path(state_dir):
-    return os.path.join(state_dir, defaults.STATE_FILE)
+    return f"{state_dir}/{defaults.STATE_FILE}"
 
 
 def lock_path(state_dir):
-    return os.path.join(state_dir, defaults.LOCK_FILE)
+    return f"{state_dir}/{defaults.LOCK_FILE}"
 
 
 PENDING_PREFIX = "pending."
@@ -126,25 +126,25 @@ def _check_record(r, where):
 def read_json(path):
     """Return the parsed JSON of a regular file. Raise StateError if it can't be opened, read or parsed."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC | posix.O_NONBLOCK)
     except FileNotFoundError:
         raise
     except OSError as e:
         raise StateError(f"{path}: cannot open: {e.strerror}") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        st = posix.fstat(fd)
+        if not _stat.S_ISREG(st.st_mode):
             raise StateError(f"{path}: not a regular file")
         chunks = []
         while True:
-            chunk = os.read(fd, 1 << 20)
+            chunk = posix.read(fd, 1 << 20)
             if not chunk:
                 break
             chunks.append(chunk)
     except OSError as e:
         raise StateError(f"{path}: cannot read: {e.strerror}") from None
     finally:
-        os.close(fd)
+        posix.close(fd)
     try:
         return statejson.loads(b"".join(chunks).decode("ascii"))
     except (UnicodeDecodeError, statejson.DecodeError) as e:
@@ -173,29 +173,31 @@ def read_state(state_dir):
 def ensure_dir(state_dir):
     """Create the state dir if missing, and refuse one that others could write to or swap."""
     try:
-        os.mkdir(state_dir, defaults.DIR_MODE)
+        posix.mkdir(state_dir, defaults.DIR_MODE)
     except FileExistsError:
         pass
-    st = os.lstat(state_dir)
-    if not stat.S_ISDIR(st.st_mode):
+    st = posix.lstat(state_dir)
+    if not _stat.S_ISDIR(st.st_mode):
         raise StateError(f"{state_dir}: not a directory")
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise StateError(f"{state_dir}: unsafe: must be owned by uid {os.geteuid()} and not writable by others")
-    if stat.S_IMODE(st.st_mode) != defaults.DIR_MODE:
-        os.chmod(state_dir, defaults.DIR_MODE)
+    if st.st_uid != posix.geteuid() or st.st_mode & 0o022:
+        raise StateError(f"{state_dir}: unsafe: must be owned by uid {posix.geteuid()} and not writable by others")
+    if _stat.S_IMODE(st.st_mode) != defaults.DIR_MODE:
+        posix.chmod(state_dir, defaults.DIR_MODE)
 
 
 def open_lock_file(state_dir):
     """Open (creating if needed) the lock file with mode 0600 and return its fd."""
-    fd = os.open(lock_path(state_dir), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, defaults.LOCK_MODE)
+    fd = posix.open(
+        lock_path(state_dir), posix.O_RDWR | posix.O_CREAT | posix.O_NOFOLLOW | posix.O_CLOEXEC, defaults.LOCK_MODE
+    )
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        st = posix.fstat(fd)
+        if not _stat.S_ISREG(st.st_mode):
             raise StateError(f"{lock_path(state_dir)}: not a regular file")
-        if stat.S_IMODE(st.st_mode) != defaults.LOCK_MODE:
-            os.fchmod(fd, defaults.LOCK_MODE)
+        if _stat.S_IMODE(st.st_mode) != defaults.LOCK_MODE:
+            posix.fchmod(fd, defaults.LOCK_MODE)
     except BaseException:
-        os.close(fd)
+        posix.close(fd)
         raise
     return fd
 
@@ -226,7 +228,7 @@ class FlockLock:
         try:
             self._wait(fd)
         except BaseException:
-            os.close(fd)  # if the timer fired just after flock() returned, this drops the lock again
+            posix.close(fd)  # if the timer fired just after flock() returned, this drops the lock again
             raise
         self.fd = fd
         return self
@@ -250,7 +252,7 @@ class FlockLock:
 
     def __exit__(self, *exc):
         fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+        posix.close(self.fd)
         self.fd = None
 
 
@@ -262,20 +264,22 @@ def write_state(state_dir, state):
 def write_json(final, value):
     """Replace `final` with `value` as JSON atomically: a temp file beside it, fsync, rename; mode 0644."""
     data = statejson.dumps(value).encode("ascii")
-    tmp = f"{final}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, defaults.STATE_MODE)
+    tmp = f"{final}.{posix.getpid()}.tmp"
+    fd = posix.open(
+        tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_NOFOLLOW | posix.O_CLOEXEC, defaults.STATE_MODE
+    )
     try:
-        os.fchmod(fd, defaults.STATE_MODE)
+        posix.fchmod(fd, defaults.STATE_MODE)
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+            view = view[posix.write(fd, view) :]
+        posix.fsync(fd)
     except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
+        posix.close(fd)
+        posix.unlink(tmp)
         raise
-    os.close(fd)
-    os.rename(tmp, final)
+    posix.close(fd)
+    posix.rename(tmp, final)
 
 
 def remove_stale_temps(state_dir, now_wall):
@@ -284,13 +288,13 @@ def remove_stale_temps(state_dir, now_wall):
     old.
     """
     prefix = defaults.STATE_FILE + "."
-    for name in os.listdir(state_dir):
+    for name in posix.listdir(state_dir):
         if not name.endswith(".tmp"):
             continue
-        path = os.path.join(state_dir, name)
+        path = f"{state_dir}/{name}"
         try:
-            if name.startswith(prefix) or now_wall - os.lstat(path).st_mtime > 60:
-                os.unlink(path)
+            if name.startswith(prefix) or now_wall - posix.lstat(path).st_mtime > 60:
+                posix.unlink(path)
         except FileNotFoundError:
             pass
 
@@ -300,8 +304,8 @@ def remove_stale_temps(state_dir, now_wall):
 
 def write_pending(state_dir, op, record, at):
     """Record an "open" or "close" at CLOCK_BOOTTIME `at` in a file of its own, atomically, without the lock."""
-    name = f"{PENDING_PREFIX}{int(at * 1e9):020d}.{os.getpid()}.json"
-    write_json(os.path.join(state_dir, name), {"format": FORMAT, "op": op, "at": at, "record": record})
+    name = f"{PENDING_PREFIX}{int(at * 1e9):020d}.{posix.getpid()}.json"
+    write_json(f"{state_dir}/{name}", {"format": FORMAT, "op": op, "at": at, "record": record})
     return name
 
 
@@ -322,7 +326,7 @@ def merge_pending(state_dir, state):
     pending files are returned too (and so deleted by a writer): nothing can be made of them.
     """
     try:
-        names = sorted(n for n in os.listdir(state_dir) if n.startswith(PENDING_PREFIX) and n.endswith(".json"))
+        names = sorted(n for n in posix.listdir(state_dir) if n.startswith(PENDING_PREFIX) and n.endswith(".json"))
     except FileNotFoundError:
         return []
     held = set(state.get("merged") or ())
@@ -333,7 +337,7 @@ def merge_pending(state_dir, state):
         if name in held:
             continue
         try:
-            event = _read_pending(os.path.join(state_dir, name))
+            event = _read_pending(f"{state_dir}/{name}")
         except FileNotFoundError:
             out.pop()  # a writer just folded and deleted it
             continue
@@ -364,7 +368,7 @@ def commit(state_dir, state):
     write_state(state_dir, state)
     for name in state.get("merged") or ():
         try:
-            os.unlink(os.path.join(state_dir, name))
+            posix.unlink(f"{state_dir}/{name}")
         except FileNotFoundError:
             pass
 
@@ -376,17 +380,17 @@ def set_aside(state_dir, why_time):
     """
     final = state_path(state_dir)
     bad = f"{final}.bad-{int(why_time)}"
-    os.rename(final, bad)
+    posix.rename(final, bad)
     prefix = defaults.STATE_FILE + ".bad-"
     kept = sorted(
-        (n for n in os.listdir(state_dir) if n.startswith(prefix)),
-        key=lambda n: os.lstat(os.path.join(state_dir, n)).st_mtime,
+        (n for n in posix.listdir(state_dir) if n.startswith(prefix)),
+        key=lambda n: posix.lstat(f"{state_dir}/{n}").st_mtime,
     )
     for name in kept[:-KEEP_BAD]:
-        path = os.path.join(state_dir, name)
-        if os.path.isdir(path) and not os.path.islink(path):
+        path = f"{state_dir}/{name}"
+        if _stat.S_ISDIR(posix.lstat(path).st_mode):
             continue
-        os.unlink(path)
+        posix.unlink(path)
     return bad
 
 
