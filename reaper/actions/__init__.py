@@ -27,23 +27,27 @@ def run(argv, in_unit=False):
     """
     if in_unit:
         # The unit's own TimeoutStartSec bounds the action; this waits a little longer for systemctl.
-        return _run(["systemctl", "start", ACTION_UNIT], ACTION_TIMEOUT + 30)
-    return _run(argv, ACTION_TIMEOUT)
+        return run_command(["systemctl", "start", ACTION_UNIT], ACTION_TIMEOUT + 30, f"action {list(argv)}")
+    return run_command(argv, ACTION_TIMEOUT, f"action {list(argv)}")
 
 
-def _run(argv, timeout):
+def run_command(argv, timeout, what):
+    """Run argv with no stdin and wait up to timeout seconds; return its output (stdout and stderr).
+
+    Raise ReaperError, its text starting with `what`, if it can't start, times out or exits non-zero.
+    """
     # Imported here: every tick imports this package (the notice, history, metrics); only one that acts needs it.
-    import subprocess  # noqa: S404 - an argv list from the root-owned config, no shell
+    import subprocess  # noqa: S404 - an argv list from the root-owned config or our own, no shell
 
     try:
         done = subprocess.run(  # noqa: S603 - argv list, shell=False
             list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
         )
     except OSError as e:
-        raise ReaperError(f"action {list(argv)} could not start: {e.strerror}") from None
+        raise ReaperError(f"{what} could not start: {e.strerror}") from None
     except subprocess.TimeoutExpired:
-        raise ReaperError(f"action {list(argv)} did not finish within {timeout}s") from None
+        raise ReaperError(f"{what} did not finish within {timeout}s") from None
     output = (done.stdout + done.stderr).decode("utf-8", "replace").strip()
     if done.returncode != 0:
-        raise ReaperError(f"action {list(argv)} failed with exit status {done.returncode}: {output[-500:]}")
+        raise ReaperError(f"{what} failed with exit status {done.returncode}: {output[-500:]}")
     return output

@@ -12,8 +12,6 @@ The file is replaced atomically (a temp file in the same directory, renamed), mo
 user can read it, and only when its text changed; since it carries the last tick's time, that is each tick.
 """
 
-import os
-
 from reaper import decision, policy
 from reaper.evidence import activity
 
@@ -175,18 +173,7 @@ def write(path, text):
                 return False
     except FileNotFoundError:
         pass
-    # node_exporter reads only *.prom, so it never sees the temp file.
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, MODE)
-    try:
-        os.fchmod(fd, MODE)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
+    from reaper.state.leases import replace_file
+
+    replace_file(path, data, MODE, sync=False)  # a .tmp beside it: node_exporter reads only *.prom
     return True

@@ -89,13 +89,7 @@ def write(motd_dir, content):
     if content is None:
         os.unlink(path)
         return True
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, defaults.NOTICE_MODE)
-    try:
-        os.fchmod(fd, defaults.NOTICE_MODE)
-        os.write(fd, content.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    from reaper.state.leases import replace_file
+
+    replace_file(path, content.encode("utf-8"), defaults.NOTICE_MODE)
     return True

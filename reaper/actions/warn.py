@@ -149,23 +149,12 @@ def send(pids, text, in_unit, program="/usr/bin/idle-reaper"):
     if not in_unit:
         written, errors = write_terminals(pids, text)
         return _outcome(written, errors)
-    import subprocess  # noqa: S404 - a fixed argv, no shell
-
-    from reaper.errors import ReaperError
+    from reaper.actions import run_command
 
     argv = ["systemd-run", "--quiet", "--wait", "--collect", "--pipe", "--service-type=exec"]
     argv += [f"--property={p}" for p in SENDER_PROPERTIES]
     argv += [program, "warn-terminals", "--message", text, *map(str, pids)]
-    try:
-        done = subprocess.run(  # noqa: S603 - argv list, shell=False
-            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=SENDER_TIMEOUT, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise ReaperError(f"writing the warning did not finish within {SENDER_TIMEOUT}s") from None
-    output = (done.stdout + done.stderr).decode("utf-8", "replace").strip()
-    if done.returncode != 0:
-        raise ReaperError(f"writing the warning failed ({done.returncode}): {output[-300:]}")
-    return output
+    return run_command(argv, SENDER_TIMEOUT, "writing the warning")
 
 
 def _outcome(written, errors):

@@ -243,17 +243,7 @@ def release(paths, cfg, ident):
 
 
 def _entry_json(a, now, own_uid_name):
-    return {
-        "kind": a.kind,
-        "id": a.id,
-        "user": a.user,
-        "why": a.why,
-        "since": _iso(a.since, now),
-        "until": _iso(a.until, now),
-        "capped": a.capped,
-        "pid": a.pid,
-        "mine": a.user == own_uid_name,
-    }
+    return {**a.as_json(lambda t: _iso(t, now)), "mine": a.user == own_uid_name}
 
 
 def list_all(paths, cfg, as_json):

@@ -30,19 +30,6 @@ def _iso(dt):
     return None if dt is None else dt.isoformat(timespec="seconds")
 
 
-def _activity_json(a, now_boot, now_wall):
-    return {
-        "kind": a.kind,
-        "id": a.id,
-        "user": a.user,
-        "why": a.why,
-        "since": _iso(_wall(a.since, now_boot, now_wall)),
-        "until": _iso(_wall(a.until, now_boot, now_wall)),
-        "capped": a.capped,
-        "pid": a.pid,
-    }
-
-
 def _activity_session_json(a, now_boot):
     """Another kind of session (mosh, say) in the shape of an SSH session's, with its kind."""
     return {
@@ -104,7 +91,9 @@ def build(paths, cfg):
         "deadline_provisional": d.provisional and until is not None,
         "sessions": [_session_json(v) for v in d.sessions]
         + [_activity_session_json(a, now_boot) for a in lasting if a.holds == activity.ACTIVE],
-        "inhibitors": [_activity_json(a, now_boot, now_wall) for a in lasting if a.holds == activity.INHIBIT],
+        "inhibitors": [
+            a.as_json(lambda t: _iso(_wall(t, now_boot, now_wall))) for a in lasting if a.holds == activity.INHIBIT
+        ],
         "evidence_notes": list(seen.evidence.notes),
         "action_cause": d.cause,
         "max_duration": cfg.max_duration,

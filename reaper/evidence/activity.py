@@ -41,6 +41,19 @@ class Activity(NamedTuple):
             return self.until
         return None
 
+    def as_json(self, iso):
+        """As `status --json` and `inhibit --list --json` show it; iso(t) gives a CLOCK_BOOTTIME instant's text."""
+        return {
+            "kind": self.kind,
+            "id": self.id,
+            "user": self.user,
+            "why": self.why,
+            "since": iso(self.since),
+            "until": iso(self.until),
+            "capped": self.capped,
+            "pid": self.pid,
+        }
+
     def describe(self):
         if self.user is None and self.since is None and self.why:
             return self.why  # one the tick remembered lasting, now gone (decision.vanished)

@@ -263,17 +263,21 @@ def write_state(state_dir, state):
 
 def write_json(final, value):
     """Replace `final` with `value` as JSON atomically: a temp file beside it, fsync, rename; mode 0644."""
-    data = statejson.dumps(value).encode("ascii")
+    replace_file(final, statejson.dumps(value).encode("ascii"), defaults.STATE_MODE)
+
+
+def replace_file(final, data, mode, sync=True):
+    """Replace `final` with the bytes `data` atomically: a temp file beside it (written whole, then fsynced
+    unless `sync` is False), then a rename. A reader sees the old file or the new one, whole."""
     tmp = f"{final}.{posix.getpid()}.tmp"
-    fd = posix.open(
-        tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_NOFOLLOW | posix.O_CLOEXEC, defaults.STATE_MODE
-    )
+    fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_NOFOLLOW | posix.O_CLOEXEC, mode)
     try:
-        posix.fchmod(fd, defaults.STATE_MODE)
+        posix.fchmod(fd, mode)
         view = memoryview(data)
         while view:
             view = view[posix.write(fd, view) :]
-        posix.fsync(fd)
+        if sync:
+            posix.fsync(fd)
     except BaseException:
         posix.close(fd)
         posix.unlink(tmp)
