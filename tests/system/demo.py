@@ -62,8 +62,9 @@ def run(story):
         story.say(f"{USER} checks the policy on the machine:")
         story.show(f"{USER}$ idle-reaper status", session.run("idle-reaper status"))
 
+        logging_out = harness.now()
         session.close()
-        end = m.session_end(USER)
+        end = m.session_end(USER, after=logging_out)  # not the close of the interactive login above
         deadline = end + DURATION
         story.say(f"{USER} logged out. Nobody is connected now; the countdown starts")
         story.show("root# idle-reaper status", m.status_text())

@@ -521,12 +521,16 @@ class Machine:
         except FileNotFoundError:
             return None
 
-    def session_end(self, user, timeout=10):
-        """Return when the hook recorded the last close of `user`'s session (CLOCK_BOOTTIME), waiting for it."""
+    def session_end(self, user, timeout=10, after=None):
+        """Return when the hook recorded the last close of `user`'s session (CLOCK_BOOTTIME), waiting for it.
+
+        With `after`, only a close recorded after that time: an earlier session's close is already there while
+        the hook of the one just ended may still be running."""
         give_up = now() + timeout
         while True:
             state = self.state_file() or {}
             ends = [r["closed"] for r in state.get("closed", []) if r.get("user") == user]
+            ends = [t for t in ends if after is None or t > after]
             if ends:
                 return max(ends)
             if now() > give_up:
