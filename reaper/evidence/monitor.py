@@ -16,6 +16,7 @@ SSHD_NAMES = frozenset({"sshd", "sshd-session", "sshd-auth"})
 NO_LOGINUID = 4294967295
 TCP_ESTABLISHED = "01"
 TCP_LISTEN = "0A"
+V4_MAPPED = b"\0" * 10 + b"\xff\xff"  # the first 12 bytes of an IPv4-mapped IPv6 address
 
 
 class Proc:
@@ -111,11 +112,7 @@ def hex_address(text):
 
     raw = bytes.fromhex(text)
     raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    if len(raw) == 4:
-        return _socket.inet_ntop(_socket.AF_INET, raw)
-    if raw[:12] == b"\0" * 10 + b"\xff\xff":
-        return _socket.inet_ntop(_socket.AF_INET, raw[12:])
-    return _socket.inet_ntop(_socket.AF_INET6, raw)
+    return address_text(_socket.AF_INET if len(raw) == 4 else _socket.AF_INET6, raw)
 
 
 def tcp_table(base):
@@ -147,8 +144,8 @@ def connections(pid, proc=defaults.PROC):
     ]
 
 
-_NETLINK_SOCK_DIAG = 4
-_SOCK_DIAG_BY_FAMILY = 20
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
 _NLM_F_REQUEST = 1
 _TCP_ESTABLISHED_STATE = 1
 _NOCOOKIE = b"\xff" * 8
@@ -178,12 +175,12 @@ def held_connection(pid, claimed, proc=defaults.PROC):
         # nlmsghdr, then inet_diag_req_v2: family, IPPROTO_TCP, no extensions, states (unused by an exact
         # lookup), then the id: local port, remote port (big-endian), local and remote address, interface,
         # cookie (none: any socket of that 4-tuple).
-        request = (72).to_bytes(4, order) + _SOCK_DIAG_BY_FAMILY.to_bytes(2, order)
+        request = (72).to_bytes(4, order) + SOCK_DIAG_BY_FAMILY.to_bytes(2, order)
         request += _NLM_F_REQUEST.to_bytes(2, order) + bytes(8)
         request += bytes((family, 6, 0, 0)) + (1 << _TCP_ESTABLISHED_STATE).to_bytes(4, order)
         request += server_port.to_bytes(2, "big") + client_port.to_bytes(2, "big") + local + remote
         request += bytes(4) + _NOCOOKIE
-        sock = _socket.socket(16, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG)  # AF_NETLINK
+        sock = sock_diag_socket()
         try:
             sock.sendto(request, (0, 0))
             data = sock.recv(8192)
@@ -193,15 +190,15 @@ def held_connection(pid, claimed, proc=defaults.PROC):
         return None
     # One inet_diag_msg, or an NLMSG_ERROR (no such socket): family, state, timer, retrans, the id as sent
     # (ports, addresses), expires, queues, uid, inode.
-    if len(data) < 88 or int.from_bytes(data[4:6], order) != _SOCK_DIAG_BY_FAMILY:
+    if len(data) < 88 or int.from_bytes(data[4:6], order) != SOCK_DIAG_BY_FAMILY:
         return None
     if data[17] != _TCP_ESTABLISHED_STATE or data[20:24] != request[24:28]:
         return None
     answered = data[16]
     width = 4 if answered == _socket.AF_INET else 16
     try:
-        local_text = _address_text(answered, data[24 : 24 + width])
-        remote_text = _address_text(answered, data[40 : 40 + width])
+        local_text = address_text(answered, data[24 : 24 + width])
+        remote_text = address_text(answered, data[40 : 40 + width])
     except (OSError, ValueError):
         return None
     if int.from_bytes(data[84:88], order) not in socket_inodes(pid, proc):
@@ -222,13 +219,21 @@ def _pack_pair(local, remote):
     return None, None, None
 
 
-def _address_text(family, raw):
-    """The text of a packed address, IPv4-mapped IPv6 as IPv4 (as hex_address gives it)."""
+def address_text(family, raw):
+    """The text of a packed address, IPv4-mapped IPv6 as IPv4, so a connection reads the same whichever
+    socket family served it."""
     import _socket
 
-    if family == _socket.AF_INET6 and raw[:12] == b"\0" * 10 + b"\xff\xff":
+    if family == _socket.AF_INET6 and raw[:12] == V4_MAPPED:
         return _socket.inet_ntop(_socket.AF_INET, raw[12:])
     return _socket.inet_ntop(family, raw)
+
+
+def sock_diag_socket():
+    """A netlink socket to the kernel's sock_diag (as `ss` uses). Raise OSError where that is not allowed."""
+    import _socket
+
+    return _socket.socket(16, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)  # AF_NETLINK
 
 
 def is_ip(text):
@@ -254,7 +259,7 @@ def same_address(a, b):
                 raw = _socket.inet_pton(family, text.split("%", 1)[0])
             except (OSError, ValueError, TypeError, AttributeError):
                 continue
-            return raw[12:] if raw[:12] == b"\0" * 10 + b"\xff\xff" else raw
+            return raw[12:] if raw[:12] == V4_MAPPED else raw
         return None
 
     pa = packed(a)

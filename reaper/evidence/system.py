@@ -80,8 +80,7 @@ def tcp_sockets(proc=defaults.PROC):
     return _proc_net_tcp(proc)
 
 
-_NETLINK_SOCK_DIAG = 4
-_SOCK_DIAG_BY_FAMILY = 20
+_SOCK_DIAG_BY_FAMILY = monitor.SOCK_DIAG_BY_FAMILY
 _NLM_F_REQUEST_DUMP = 0x301
 _NLMSG_ERROR = 2
 _NLMSG_DONE = 3
@@ -89,9 +88,8 @@ _STATES = {1: TCP_ESTABLISHED, 10: TCP_LISTEN}
 
 
 def _sock_diag():
-    import _socket
 
-    sock = _socket.socket(16, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG)  # AF_NETLINK
+    sock = monitor.sock_diag_socket()
     try:
         known = {}
         listeners = _dump(sock, 1 << 10, None, known)
